@@ -1,0 +1,5 @@
+import sys
+
+from growlength.cli import main
+
+sys.exit(main())

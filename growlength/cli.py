@@ -1,0 +1,150 @@
+"""growlength prepare | train | eval | plot — a thin shell over the functions that do the work."""
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from growlength.errors import GrowLengthError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except GrowLengthError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="growlength", description="Pretrain causal LMs with growing sequence length."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    prep = commands.add_parser("prepare", help="text -> token files (train/val), meta.json, tokenizer.json")
+    prep.add_argument(
+        "--input",
+        nargs="+",
+        default=["shakespeare"],
+        help="files (.txt .md .jsonl .json .csv .parquet), folders, or 'shakespeare' (default)",
+    )
+    prep.add_argument("--out", required=True, help="folder to write")
+    prep.add_argument("--vocab-size", type=int, default=4096, help="size of the BPE tokenizer to train")
+    prep.add_argument("--tokenizer", help="use this tokenizer.json instead of training one")
+    prep.add_argument("--eos-token", default="<|endoftext|>", help="document separator token")
+    prep.add_argument("--val-fraction", type=float, default=0.05, help="share of the text held out")
+    prep.add_argument("--text-field", default="text", help="the text field of .jsonl/.json/.csv/.parquet")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.set_defaults(run=_prepare)
+
+    train = commands.add_parser("train", help="GrowLength pretraining", argument_default=argparse.SUPPRESS)
+    train.add_argument("--config", help="YAML file of config keys (flags override it)")
+    train.add_argument("--out", required=True, help="run folder: metrics.jsonl, config.yaml, checkpoints/")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(train)
+    train.set_defaults(run=_train)
+
+    ev = commands.add_parser("eval", help="loss and perplexity at many lengths")
+    ev.add_argument("--ckpt", required=True, help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    ev.add_argument("--lengths", default="128,256,512,1024,2048", help="comma-separated lengths")
+    ev.add_argument("--data", help="prepared folder (default: the run's)")
+    ev.add_argument("--eval-tokens", type=int, help="val tokens per length (default: the run's)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--out", help="JSON file to write (default: CKPT/eval.json)")
+    ev.set_defaults(run=_eval)
+
+    plot = commands.add_parser("plot", help="val loss against time and tokens, one line per run")
+    plot.add_argument("runs", nargs="+", help="run folders")
+    plot.add_argument("--out", help="PNG to write (default: FIRST_RUN/loss.png)")
+    plot.set_defaults(run=_plot)
+    return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from growlength.config import FIELDS
+
+    for name, f in FIELDS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, help=f.metadata["help"], metavar="V")
+
+
+def _prepare(args) -> int:
+    from growlength.prepare import prepare
+
+    meta = prepare(
+        args.input,
+        args.out,
+        vocab_size=args.vocab_size,
+        tokenizer_path=args.tokenizer,
+        eos_token=args.eos_token,
+        val_fraction=args.val_fraction,
+        text_field=args.text_field,
+        seed=args.seed,
+    )
+    print(
+        f"wrote {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
+        f"({meta['train_docs']} + {meta['val_docs']} documents), vocab {meta['vocab_size']}"
+    )
+    return 0
+
+
+def _train(args) -> int:
+    from growlength.config import FIELDS, load_config
+    from growlength.train import train
+
+    overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
+    resume_as_saved = args.__dict__.get("resume") and not overrides and "config" not in args
+    cfg = None if resume_as_saved else load_config(getattr(args, "config", None), overrides)
+    record = train(
+        cfg, args.out, resume=getattr(args, "resume", False), show_progress=not getattr(args, "quiet", False)
+    )
+    by_len = ", ".join(f"{k}: {v:.3f}" for k, v in record["val_loss_by_len"].items())
+    print(
+        f"done: step {record['step']}, {record['tokens']:,} tokens, {record['wall_s']:.0f} s training; "
+        f"val loss {record['val_loss']:.4f} (by length {by_len})"
+    )
+    return 0
+
+
+def _eval(args) -> int:
+    from growlength.evaluate import evaluate_checkpoint
+
+    try:
+        lengths = sorted({int(x) for x in args.lengths.split(",") if x.strip()})
+    except ValueError:
+        raise GrowLengthError(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
+    if not lengths or min(lengths) < 2:
+        raise GrowLengthError(f"--lengths must be integers of at least 2, got {args.lengths!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        report = evaluate_checkpoint(
+            args.ckpt, lengths, data=args.data, eval_tokens=args.eval_tokens, device=args.device
+        )
+    print(f"{report['checkpoint']} on {report['eval_tokens']:,} val tokens of {report['data']}")
+    print(f"{'seq_len':>8} {'loss':>8} {'ppl':>9}")
+    for row in report["results"]:
+        note = "  (beyond the longest trained length)" if row["beyond_trained"] else ""
+        print(f"{row['seq_len']:>8} {row['loss']:>8.4f} {row['ppl']:>9.2f}{note}")
+    out = Path(args.out) if args.out else Path(report["checkpoint"]) / "eval.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _plot(args) -> int:
+    from growlength.plots import plot_runs
+
+    out = plot_runs(args.runs, args.out or Path(args.runs[0]) / "loss.png")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

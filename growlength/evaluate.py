@@ -1,0 +1,109 @@
+"""Loss and perplexity on the held-out split at many lengths.
+
+Each length scores the same first `eval_tokens` val tokens (for every length that divides it), cut
+into windows of that length; the loss is the mean over all target tokens. Lengths beyond the longest
+trained one measure direct RoPE extrapolation.
+"""
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from growlength.tokens import eval_windows
+
+
+def lm_loss(model, inputs_BT: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy; the logits are upcast so bf16 runs lose no precision here."""
+    logits_BTV = model(input_ids=inputs_BT, use_cache=False).logits
+    return F.cross_entropy(logits_BTV.float().flatten(0, 1), targets_BT.flatten())
+
+
+@torch.no_grad()
+def val_loss(model, val, seq_len: int, *, eval_tokens: int, micro_batch_tokens: int, device, autocast) -> float:
+    inputs, targets = eval_windows(val, seq_len, eval_tokens)
+    rows_per_pass = max(1, micro_batch_tokens // seq_len)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, len(inputs), rows_per_pass):
+        x = torch.from_numpy(inputs[i : i + rows_per_pass]).to(device)
+        y = torch.from_numpy(targets[i : i + rows_per_pass]).to(device)
+        with autocast():
+            total += lm_loss(model, x, y).item() * y.numel()
+    model.train(was_training)
+    return total / targets.size
+
+
+def val_losses(model, val, lengths, **kwargs) -> dict[int, float]:
+    return {seq_len: val_loss(model, val, seq_len, **kwargs) for seq_len in sorted(set(lengths))}
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+def evaluate_checkpoint(
+    ckpt: str | Path,
+    lengths: list[int],
+    *,
+    data: str | None = None,
+    eval_tokens: int | None = None,
+    device: str = "auto",
+) -> dict:
+    """Per-length loss and perplexity of a checkpoint (or a run folder's newest one) on the val split."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from growlength.checkpoint import load_model_weights, read_state, resolve_checkpoint
+    from growlength.errors import GrowLengthError
+    from growlength.models import max_positions
+    from growlength.prepare import resolve_data
+    from growlength.tokens import open_tokens
+
+    path = resolve_checkpoint(ckpt)
+    cfg = read_state(path)["config"]
+    tokens = open_tokens(data or resolve_data(cfg["data"], cfg["vocab_size"]))
+    eval_tokens = eval_tokens or max(cfg["eval_tokens"], max(lengths))
+    model_cfg = AutoConfig.from_pretrained(str(path))
+    if tokens.vocab_size > model_cfg.vocab_size:
+        raise GrowLengthError(
+            f"data {tokens.path} has {tokens.vocab_size} tokens, more than the model's {model_cfg.vocab_size}"
+        )
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
+    model = AutoModelForCausalLM.from_config(model_cfg).to(dev)
+    load_model_weights(path, model)
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
+    )
+    losses = val_losses(
+        model,
+        tokens.val,
+        lengths,
+        eval_tokens=eval_tokens,
+        micro_batch_tokens=cfg["micro_batch_tokens"],
+        device=dev,
+        autocast=autocast,
+    )
+    limit = max_positions(model_cfg)
+    trained = max(read_state(path)["progress"]["seq_lens"] or [0])
+    rows = [
+        {
+            "seq_len": n,
+            "loss": loss,
+            "ppl": perplexity(loss),
+            "beyond_trained": n > trained,
+            "beyond_max_positions": bool(limit and n > limit),
+        }
+        for n, loss in losses.items()
+    ]
+    return {
+        "checkpoint": str(path),
+        "data": str(tokens.path),
+        "eval_tokens": eval_tokens,
+        "longest_trained": trained,
+        "results": rows,
+    }

@@ -1,0 +1,134 @@
+"""Model presets -> a Hugging Face config and a freshly initialised causal LM (no download).
+
+The Pythia presets have the shapes of the models the GrowLength paper trained (GPT-NeoX, rotary on a
+quarter of each head, theta 10000, 2048 positions); `tiny` and `small` are the same family shrunk for
+tests and CPU runs. Any other causal LM comes in as `--model path/to/config.json`.
+"""
+
+import json
+from pathlib import Path
+
+from growlength.errors import GrowLengthError
+
+_NEOX_ROPE = {"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"}
+_LLAMA_ROPE = {"rope_theta": 10000.0, "rope_type": "default"}
+
+
+def _neox(hidden: int, layers: int, heads: int) -> dict:
+    return {
+        "model_type": "gpt_neox",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": 4 * hidden,
+        "max_position_embeddings": 2048,
+        "rope_parameters": dict(_NEOX_ROPE),
+        "use_parallel_residual": True,
+        "tie_word_embeddings": False,
+    }
+
+
+def _llama(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
+    return {
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "intermediate_size": intermediate,
+        "max_position_embeddings": 4096,
+        "rope_parameters": dict(_LLAMA_ROPE),
+        "tie_word_embeddings": True,
+    }
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": _neox(64, 2, 2),
+    "small": _neox(256, 4, 4),
+    "pythia-14m": _neox(128, 6, 4),
+    "pythia-70m": _neox(512, 6, 8),
+    "pythia-160m": _neox(768, 12, 12),
+    "pythia-410m": _neox(1024, 24, 16),
+    "llama-tiny": _llama(64, 2, 2, 172),
+    "llama-small": _llama(256, 4, 4, 688),
+    "llama-150m": _llama(768, 12, 12, 2048),
+}
+
+
+def model_config(model: str, *, vocab_size: int, eos_id: int):
+    """The HF config for a preset name or a config.json path, sized for a tokenizer of vocab_size."""
+    from transformers import AutoConfig
+
+    if model in PRESETS:
+        fields = dict(PRESETS[model])
+        # Pad the embedding to a multiple of 64 (as Pythia does): faster matmuls, same model.
+        fields["vocab_size"] = -(-vocab_size // 64) * 64
+    else:
+        fields = _read_config_json(model)
+    fields.update(bos_token_id=eos_id, eos_token_id=eos_id)
+    model_type = fields.pop("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **fields)
+    except (ValueError, TypeError, KeyError) as e:
+        raise GrowLengthError(f"model config {model!r} is not valid: {str(e).splitlines()[-1]}") from None
+    if config.vocab_size < vocab_size:
+        raise GrowLengthError(
+            f"the tokenizer has {vocab_size} tokens but model {model!r} has vocab_size {config.vocab_size}: "
+            "raise vocab_size in the model config or prepare with a smaller --vocab-size"
+        )
+    return config
+
+
+def _read_config_json(model: str) -> dict:
+    path = Path(model)
+    if not path.is_file():
+        raise GrowLengthError(
+            f"unknown model {model!r}: give a preset ({', '.join(PRESETS)}) or a config.json path"
+        )
+    try:
+        fields = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GrowLengthError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(fields, dict) or "model_type" not in fields:
+        raise GrowLengthError(f"{path} has no model_type: write a Hugging Face config.json (e.g. 'llama')")
+    return fields
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence the config says it was built for, or None if it sets no limit."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return None
+
+
+def uses_rope(config) -> bool:
+    return getattr(config, "rope_parameters", None) is not None
+
+
+def check_fits(config, target_len: int) -> None:
+    """Training at target_len must stay inside what the model supports; raise before any work."""
+    limit = max_positions(config)
+    if limit is not None and target_len > limit:
+        raise GrowLengthError(
+            f"target_len {target_len} exceeds the model's {limit} positions: lower the target or raise "
+            "max_position_embeddings in the model config"
+        )
+    if not uses_rope(config):
+        raise GrowLengthError(
+            f"model type {config.model_type!r} has no rotary position embedding: GrowLength extrapolates "
+            "positions across stages and needs RoPE (GPT-NeoX, Llama, Mistral, Qwen2, ...)"
+        )
+
+
+def build_model(config, seed: int):
+    """A freshly initialised causal LM, the same weights for the same seed."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())

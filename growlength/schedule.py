@@ -1,0 +1,202 @@
+"""Length and learning-rate schedules: pure functions of training progress.
+
+`progress` is the fraction of the budget spent, in [0, 1]; the budget is counted in optimizer steps,
+tokens or wall-clock seconds (`Budget`). Every function here is pure: same progress, same answer, no
+torch and no hidden state, so a resumed run asks the same questions and gets the same answers.
+
+Worked example, doubling from 128 to 1024 over a 4e8-token budget (four equal stages):
+    progress 0.00-0.25 -> 128, 0.25-0.50 -> 256, 0.50-0.75 -> 512, 0.75-1.00 -> 1024
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from growlength.errors import GrowLengthError
+
+SCHEDULES = ("doubling", "linear", "root", "constant", "stages")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """How long to train: exactly one of steps, tokens or seconds (training time, eval excluded)."""
+
+    steps: int | None = None
+    tokens: int | None = None
+    seconds: float | None = None
+
+    def __post_init__(self):
+        given = [k for k in ("steps", "tokens", "seconds") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise GrowLengthError(
+                f"give exactly one budget (budget_steps, budget_tokens or budget_seconds), got {given or 'none'}"
+            )
+        if getattr(self, given[0]) <= 0:
+            raise GrowLengthError(f"budget_{given[0]} must be positive, got {getattr(self, given[0])}")
+
+    @property
+    def unit(self) -> str:
+        return "steps" if self.steps is not None else "tokens" if self.tokens is not None else "seconds"
+
+    @property
+    def total(self) -> float:
+        return float(getattr(self, self.unit))
+
+    def progress(self, *, step: int, tokens: int, seconds: float) -> float:
+        """Fraction of the budget spent after `step` steps, `tokens` tokens and `seconds` of training."""
+        done = {"steps": step, "tokens": tokens, "seconds": seconds}[self.unit]
+        return min(1.0, done / self.total)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LengthSchedule:
+    """seq_len as a function of progress.
+
+    Stepped schedules (doubling, constant, stages) hold `lengths[i]` until progress reaches `ends[i]`.
+    Ramps (linear, root) grow from start_len to target_len over the first `ramp` of the budget as
+    start + (target - start) * (progress / ramp) ** (1 / degree), rounded down to `multiple`
+    (DeepSpeed's fixed_linear and fixed_root curricula).
+    """
+
+    kind: str
+    lengths: tuple[int, ...] = ()
+    ends: tuple[float, ...] = ()
+    start_len: int = 0
+    target_len: int = 0
+    ramp: float = 0.0
+    multiple: int = 1
+    degree: int = 1
+    _ramp_lengths: tuple[int, ...] = field(default=(), repr=False)
+
+    def seq_len_at(self, progress: float) -> int:
+        if self.kind in ("linear", "root"):
+            return ramp_seq_len(progress, self.start_len, self.target_len, self.ramp, self.multiple, self.degree)
+        return stepped_seq_len(progress, self.lengths, self.ends)
+
+    def all_lengths(self) -> tuple[int, ...]:
+        """Every seq_len this schedule can return, shortest first (for up-front checks)."""
+        if self.kind in ("linear", "root"):
+            inner = range(_round_up(self.start_len + 1, self.multiple), self.target_len, self.multiple)
+            return tuple(sorted({self.start_len, *inner, self.target_len}))
+        return self.lengths
+
+    @property
+    def max_len(self) -> int:
+        return self.all_lengths()[-1]
+
+
+def stepped_seq_len(progress: float, lengths: tuple[int, ...], ends: tuple[float, ...]) -> int:
+    """lengths[i] for the first i with progress < ends[i]; the last length once progress >= 1."""
+    for seq_len, end in zip(lengths, ends):
+        if progress < end:
+            return seq_len
+    return lengths[-1]
+
+
+def ramp_seq_len(
+    progress: float, start_len: int, target_len: int, ramp: float, multiple: int, degree: int = 1
+) -> int:
+    """A ramp from start_len to target_len over `ramp` of the budget, rounded down to `multiple`.
+
+    >>> ramp_seq_len(0.15, 128, 1024, ramp=0.3, multiple=64)  # halfway: 128 + 448 = 576
+    576
+    """
+    if ramp <= 0 or progress >= ramp:
+        return target_len
+    grown = (target_len - start_len) * (progress / ramp) ** (1.0 / degree)
+    seq_len = int(start_len + grown) // multiple * multiple
+    return min(target_len, max(start_len, seq_len))
+
+
+def doubling_lengths(start_len: int, target_len: int) -> tuple[int, ...]:
+    """start, 2*start, 4*start, ... and finally target: (128, 256, 512, 1024); (128, 256, 384) for 384."""
+    lengths = [start_len]
+    while lengths[-1] * 2 < target_len:
+        lengths.append(lengths[-1] * 2)
+    if lengths[-1] != target_len:
+        lengths.append(target_len)
+    return tuple(lengths)
+
+
+def parse_stages(text: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """'128:0.25,256:0.25,1024:0.5' -> lengths (128, 256, 1024) and shares (0.25, 0.25, 0.5)."""
+    lengths, shares = [], []
+    for item in text.split(","):
+        try:
+            seq_len, share = item.split(":")
+            lengths.append(int(seq_len))
+            shares.append(float(share))
+        except ValueError:
+            raise GrowLengthError(
+                f"cannot read stage {item.strip()!r} in {text!r}: write LENGTH:SHARE,... "
+                "e.g. 128:0.25,256:0.25,1024:0.5"
+            ) from None
+    return tuple(lengths), tuple(shares)
+
+
+def make_schedule(
+    kind: str,
+    *,
+    start_len: int,
+    target_len: int,
+    stages: str | None = None,
+    ramp: float = 0.3,
+    multiple: int = 64,
+    degree: int = 2,
+) -> LengthSchedule:
+    """Build and validate a schedule. Raises GrowLengthError with the fix for any bad value."""
+    if kind not in SCHEDULES:
+        raise GrowLengthError(f"unknown schedule {kind!r}: choose one of {', '.join(SCHEDULES)}")
+    if kind == "stages":
+        if not stages:
+            raise GrowLengthError("schedule 'stages' needs stages, e.g. --stages 128:0.25,256:0.25,1024:0.5")
+        lengths, shares = parse_stages(stages)
+        return _stepped("stages", lengths, shares)
+    _check_lengths((start_len, target_len), allow_equal=True)
+    if start_len > target_len:
+        raise GrowLengthError(f"start_len {start_len} is longer than target_len {target_len}")
+    if kind == "constant":
+        return _stepped("constant", (target_len,), (1.0,))
+    if kind == "doubling":
+        lengths = doubling_lengths(start_len, target_len)
+        return _stepped("doubling", lengths, (1.0 / len(lengths),) * len(lengths))
+    if not 0.0 <= ramp <= 1.0:
+        raise GrowLengthError(f"ramp must be a fraction of the budget in [0, 1], got {ramp}")
+    if multiple < 1:
+        raise GrowLengthError(f"multiple must be at least 1, got {multiple}")
+    return LengthSchedule(
+        kind=kind,
+        start_len=start_len,
+        target_len=target_len,
+        ramp=ramp,
+        multiple=multiple,
+        degree=1 if kind == "linear" else degree,
+    )
+
+
+def _stepped(kind: str, lengths: tuple[int, ...], shares: tuple[float, ...]) -> LengthSchedule:
+    _check_lengths(lengths, allow_equal=False)
+    if any(s <= 0 for s in shares) or not math.isclose(sum(shares), 1.0, abs_tol=1e-6):
+        raise GrowLengthError(f"stage shares must be positive and sum to 1, got {list(shares)}")
+    ends = tuple(min(1.0, sum(shares[: i + 1])) for i in range(len(shares)))
+    return LengthSchedule(kind=kind, lengths=lengths, ends=ends[:-1] + (1.0,))
+
+
+def _check_lengths(lengths: tuple[int, ...], *, allow_equal: bool) -> None:
+    if any(seq_len < 2 for seq_len in lengths):
+        raise GrowLengthError(f"every length must be at least 2 tokens, got {list(lengths)}")
+    for a, b in zip(lengths, lengths[1:]):
+        if b < a or (b == a and not allow_equal):
+            raise GrowLengthError(f"stage lengths must grow, got {list(lengths)}: GrowLength never shrinks")
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def lr_at(progress: float, *, lr: float, warmup: float, min_lr_ratio: float) -> float:
+    """Linear warmup over the first `warmup` of the budget, then cosine down to lr * min_lr_ratio."""
+    if warmup > 0 and progress < warmup:
+        return lr * progress / warmup
+    decay = min(1.0, (progress - warmup) / max(1e-12, 1.0 - warmup))
+    min_lr = lr * min_lr_ratio
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * decay))

@@ -1,0 +1,389 @@
+"""The reference GrowLength training loop, top to bottom.
+
+setup: data, schedule, model, optimizer, loader, and the checks that fail before any work starts.
+loop:  progress -> seq_len and lr -> batch -> forward/backward over micro-batches -> optimizer step
+       -> log -> (eval + checkpoint when due).
+"""
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from growlength import dist
+from growlength.budget import StepShape, check_lengths
+from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from growlength.config import TrainConfig, load_config, save_config
+from growlength.errors import GrowLengthError
+from growlength.evaluate import lm_loss, val_losses
+from growlength.models import build_model, check_fits, count_params, model_config
+from growlength.prepare import resolve_data
+from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at, make_schedule
+from growlength.tokens import Loader, TokenData, open_tokens
+
+
+@dataclass
+class Progress:
+    """Where the run is, in the budget's units; saved in every checkpoint."""
+
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    last_step_s: float = 0.0
+    evals: int = 0
+    last_eval_step: int = -1
+    seq_lens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    out: Path
+    data: TokenData
+    schedule: LengthSchedule
+    budget: Budget
+    shapes: dict[int, StepShape]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: Loader
+    device: torch.device
+    world: dist.World
+    progress: Progress
+    started: float = field(default_factory=time.perf_counter)
+    last_eval: dict = field(default_factory=dict)
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+
+def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, show_progress: bool = True) -> dict:
+    """Train per cfg into `out` (cfg None: the one saved there, to resume); returns the last eval record."""
+    run = setup(cfg, Path(out), resume)
+    p = run.progress
+    if p.last_eval_step < 0:
+        evaluate(run)  # the curves start at the untrained model
+    bar = _progress_bar(run, show_progress)
+    while not finished(run):
+        fraction = run.budget.progress(step=p.step, tokens=p.tokens, seconds=p.seconds)
+        shape = run.shapes[run.schedule.seq_len_at(fraction)]
+        lr = set_lr(run, _fraction_after_step(run, shape))
+        started = time.perf_counter()
+        loss = train_step(run, shape)
+        step_s = dist.broadcast_float(time.perf_counter() - started)
+        advance(p, shape, step_s)
+        record = log_step(run, shape, loss, lr, step_s)
+        _update_bar(bar, run, record)
+        if eval_count(run) > p.evals:
+            evaluate(run)
+    bar.close()
+    last_eval = evaluate(run) if p.last_eval_step != p.step else run.last_eval
+    dist.shutdown()
+    return last_eval
+
+
+def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
+    cfg = _resolve_config(cfg, out, resume)
+    device = _device(cfg.device)
+    world = dist.init(device.type)
+    data = open_tokens(_data_path(cfg, world))
+    schedule = make_schedule(
+        cfg.schedule,
+        start_len=cfg.start_len,
+        target_len=cfg.target_len,
+        stages=cfg.stages,
+        ramp=cfg.ramp,
+        multiple=cfg.multiple,
+        degree=cfg.degree,
+    )
+    budget = Budget(steps=cfg.budget_steps, tokens=cfg.budget_tokens, seconds=cfg.budget_seconds)
+    model_cfg = model_config(cfg.model, vocab_size=data.vocab_size, eos_id=int(data.meta["eos_id"]))
+    check_fits(model_cfg, schedule.max_len)
+    shapes = check_lengths(
+        schedule.all_lengths(),
+        tokens_per_step=cfg.tokens_per_step,
+        target_len=schedule.max_len,
+        micro_batch_tokens=cfg.micro_batch_tokens,
+        world_size=world.size,
+        constant=cfg.constant,
+    )
+    _check_corpus(data, shapes[-1], cfg.eval_tokens)
+    model = build_model(model_cfg, cfg.seed).to(device)
+    optimizer = _optimizer(model, cfg)
+    loader = Loader(
+        data.train, seed=cfg.seed, block_tokens=cfg.block_tokens, rank=world.rank, world_size=world.size
+    )
+    progress = _restore(out, model, optimizer, loader) if resume else Progress()
+    if world.is_main:
+        save_config(cfg, out / "config.yaml")
+        _trim_metrics(out / "metrics.jsonl", progress.step)
+        print(
+            f"model {cfg.model}: {count_params(model) / 1e6:.2f}M parameters on {device}; schedule "
+            f"{cfg.schedule} {[s.seq_len for s in shapes]}; budget {budget.total:g} {budget.unit}"
+        )
+    model = dist.wrap(model, world, device)
+    shape_by_len = {s.seq_len: s for s in shapes}
+    return Run(cfg, out, data, schedule, budget, shape_by_len, model, optimizer, loader, device, world, progress)
+
+
+def train_step(run: Run, shape: StepShape) -> float:
+    """One optimizer step: accumulate gradients over micro-batches, clip, step. Returns the mean loss."""
+    inputs, targets = run.loader.next_batch(shape.seq_len, shape.rows)
+    total = 0.0
+    for micro in range(shape.accum):
+        rows = slice(micro * shape.micro_rows, (micro + 1) * shape.micro_rows)
+        x = torch.from_numpy(inputs[rows]).to(run.device, non_blocking=True)
+        y = torch.from_numpy(targets[rows]).to(run.device, non_blocking=True)
+        with dist.no_sync(run.model, micro == shape.accum - 1), run.autocast():
+            loss = lm_loss(run.model, x, y) / shape.accum
+            loss.backward()
+        total += loss.item()
+    if run.cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss = dist.mean_over_ranks(total)
+    if not math.isfinite(loss):
+        raise GrowLengthError(
+            f"the loss is {loss} at step {run.progress.step + 1} (seq_len {shape.seq_len}): training stopped; "
+            "the last good checkpoint is intact. Lower lr or raise warmup and resume"
+        )
+    return loss
+
+
+def advance(p: Progress, shape: StepShape, step_s: float) -> None:
+    p.step += 1
+    p.tokens += shape.tokens
+    p.seconds += step_s
+    p.last_step_s = step_s
+    if shape.seq_len not in p.seq_lens:
+        p.seq_lens.append(shape.seq_len)
+
+
+def finished(run: Run) -> bool:
+    p = run.progress
+    return run.budget.progress(step=p.step, tokens=p.tokens, seconds=p.seconds) >= 1.0
+
+
+def set_lr(run: Run, fraction: float) -> float:
+    lr = lr_at(fraction, lr=run.cfg.lr, warmup=run.cfg.warmup, min_lr_ratio=run.cfg.min_lr_ratio)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _fraction_after_step(run: Run, shape: StepShape) -> float:
+    """Progress at the end of the coming step (known exactly for steps and tokens, estimated for time):
+    the LR of step 1 is then small but not zero."""
+    p = run.progress
+    return run.budget.progress(step=p.step + 1, tokens=p.tokens + shape.tokens, seconds=p.seconds + p.last_step_s)
+
+
+def eval_count(run: Run) -> int:
+    """How many evaluation points the run has passed (every eval_every_tokens, or evals over the budget)."""
+    p, cfg = run.progress, run.cfg
+    if cfg.eval_every_tokens:
+        return p.tokens // cfg.eval_every_tokens
+    fraction = run.budget.progress(step=p.step, tokens=p.tokens, seconds=p.seconds)
+    return math.floor(fraction * cfg.evals + 1e-9)
+
+
+def evaluate(run: Run) -> dict:
+    """Val loss at the target length and at every stage length seen; then a checkpoint."""
+    p, cfg = run.progress, run.cfg
+    started = time.perf_counter()
+    by_len = val_losses(
+        _unwrap(run.model),
+        run.data.val,
+        _eval_lengths(run),
+        eval_tokens=cfg.eval_tokens,
+        micro_batch_tokens=cfg.micro_batch_tokens,
+        device=run.device,
+        autocast=run.autocast,
+    )
+    p.evals, p.last_eval_step = eval_count(run), p.step
+    record = {
+        "step": p.step,
+        "tokens": p.tokens,
+        "seq_len": p.seq_lens[-1] if p.seq_lens else run.schedule.seq_len_at(0.0),
+        "wall_s": round(p.seconds, 3),
+        "val_loss": by_len[run.schedule.max_len],
+        "val_loss_by_len": {str(k): v for k, v in by_len.items()},
+        "eval_s": round(time.perf_counter() - started, 3),
+    }
+    if run.world.is_main:
+        _append_jsonl(run.out / "metrics.jsonl", record)
+        if p.step > 0:
+            state = {"progress": asdict(p), "loader": run.loader.state_dict(), "config": cfg.to_dict()}
+            save_checkpoint(
+                run.out,
+                step=p.step,
+                model=run.model,
+                optimizer=run.optimizer,
+                state=state,
+                keep=cfg.keep_checkpoints,
+            )
+    dist.barrier()
+    run.last_eval = record
+    return record
+
+
+def _eval_lengths(run: Run) -> list[int]:
+    """The target, plus the lengths trained so far that lie on the doubling grid (all stages of a
+    stepped schedule; a ramp's lengths are many, so only the grid points are scored)."""
+    target = run.schedule.max_len
+    grid = set(doubling_lengths(run.schedule.all_lengths()[0], target))
+    stepped = run.schedule.kind not in ("linear", "root")
+    return sorted({target} | {s for s in run.progress.seq_lens if stepped or s in grid})
+
+
+def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) -> dict:
+    p = run.progress
+    record = {
+        "step": p.step,
+        "tokens": p.tokens,
+        "seq_len": shape.seq_len,
+        "rows": shape.rows,
+        "loss": loss,
+        "lr": lr,
+        "wall_s": round(p.seconds, 4),
+        "tokens_per_s": round(shape.tokens / max(step_s, 1e-9), 1),
+        "stage": p.seq_lens.index(shape.seq_len) + 1,
+    }
+    if run.world.is_main:
+        _append_jsonl(run.out / "metrics.jsonl", record)
+    return record
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _progress_bar(run: Run, show: bool):
+    from tqdm.auto import tqdm
+
+    p, unit = run.progress, run.budget.unit
+    done = {"steps": p.step, "tokens": p.tokens, "seconds": p.seconds}[unit]
+    return tqdm(
+        total=run.budget.total,
+        initial=done,
+        unit=unit.rstrip("s") if unit != "seconds" else "s",
+        unit_scale=unit == "tokens",
+        disable=not (show and run.world.is_main),
+        desc="train", mininterval=1.0,
+        dynamic_ncols=True,
+    )
+
+
+def _update_bar(bar, run: Run, record: dict) -> None:
+    done = {"steps": 1, "tokens": run.shapes[record["seq_len"]].tokens, "seconds": run.progress.last_step_s}
+    bar.update(done[run.budget.unit])
+    stages = len(run.schedule.all_lengths())
+    stage = f"stage {run.schedule.all_lengths().index(record['seq_len']) + 1}/{stages} " if stages < 10 else ""
+    bar.set_postfix_str(
+        f"{stage}seq_len {record['seq_len']} rows {record['rows']} "
+        f"{record['tokens_per_s']:,.0f} tok/s loss {record['loss']:.3f}"
+    )
+
+
+def _resolve_config(cfg: TrainConfig | None, out: Path, resume: bool) -> TrainConfig:
+    """The config to run: the given one for a new run; the saved one (which a given one must match)
+    when resuming."""
+    saved_path = out / "config.yaml"
+    has_run = saved_path.is_file() or (out / "checkpoints").is_dir()
+    if has_run and not resume:
+        raise GrowLengthError(f"{out} already holds a run: add --resume to continue it, or choose a new --out")
+    if resume and saved_path.is_file():
+        saved = load_config(saved_path)
+        if cfg is not None and cfg != saved:
+            diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+            raise GrowLengthError(
+                f"{out} holds a run with a different config ({', '.join(diff)}): resume it "
+                "with no overrides, or train into a new --out"
+            )
+        cfg = saved
+    if cfg is None:
+        raise GrowLengthError(f"nothing to resume in {out}: it holds no config.yaml")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise GrowLengthError(f"cannot write to {out}: {e.strerror}; choose another --out") from None
+    return cfg
+
+
+def _data_path(cfg: TrainConfig, world: dist.World) -> Path:
+    """The prepared folder; the embedded corpus is prepared once, by rank 0, on first use."""
+    if world.is_main:
+        resolve_data(cfg.data, cfg.vocab_size)
+    dist.barrier()
+    return resolve_data(cfg.data, cfg.vocab_size)
+
+
+def _check_corpus(data: TokenData, target: StepShape, eval_tokens: int) -> None:
+    if len(data.train) < target.tokens + 1:
+        raise GrowLengthError(
+            f"the train split has {len(data.train)} tokens, fewer than one step at seq_len {target.seq_len} "
+            f"needs ({target.tokens + 1}): give more text or lower tokens_per_step"
+        )
+    if len(data.val) < target.seq_len + 1:
+        raise GrowLengthError(
+            f"the val split has {len(data.val)} tokens, too few for one window of {target.seq_len}: "
+            "prepare with a larger --val-fraction"
+        )
+
+
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; matrices decay, biases and norms do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
+
+
+def _restore(out: Path, model, optimizer, loader: Loader) -> Progress:
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        print(f"no checkpoint in {out}: starting from the beginning")
+        return Progress()
+    state = load_checkpoint(checkpoint, model, optimizer)
+    loader.load_state_dict(state["loader"])
+    print(f"resuming from {checkpoint} (step {state['progress']['step']}, {state['progress']['tokens']:,} tokens)")
+    return Progress(**state["progress"])
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop records a crash left beyond the checkpoint we resume from (all of them from step 0)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines() if step > 0 else []:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line cut short by the crash
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GrowLengthError("device cuda asked for, but torch sees no GPU: use --device cpu")
+    return torch.device(name)
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
