@@ -100,11 +100,13 @@ def _train(args) -> int:
     from growlength.train import train
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
-    resume_as_saved = args.__dict__.get("resume") and not overrides and "config" not in args
-    cfg = None if resume_as_saved else load_config(getattr(args, "config", None), overrides)
-    record = train(
-        cfg, args.out, resume=getattr(args, "resume", False), show_progress=not getattr(args, "quiet", False)
-    )
+    resume = getattr(args, "resume", False)
+    config = getattr(args, "config", None)
+    saved = Path(args.out) / "config.yaml"
+    if resume and config is None and saved.is_file():
+        config = saved  # flags given with --resume are checked against the saved run, not silently applied
+    cfg = None if resume and config is None else load_config(config, overrides)
+    record = train(cfg, args.out, resume=resume, show_progress=not getattr(args, "quiet", False))
     by_len = ", ".join(f"{k}: {v:.3f}" for k, v in record["val_loss_by_len"].items())
     print(
         f"done: step {record['step']}, {record['tokens']:,} tokens, {record['wall_s']:.0f} s training; "

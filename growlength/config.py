@@ -40,15 +40,15 @@ class TrainConfig:
     budget_steps: int | None = _f(None, "train for this many optimizer steps")
     budget_tokens: int | None = _f(None, "train for this many tokens (e.g. 2e8)")
     budget_seconds: float | None = _f(None, "train for this many seconds of training time (eval excluded)")
-    lr: float = _f(1e-3, "peak learning rate (AdamW)")
+    lr: float = _f(2e-3, "peak learning rate (AdamW)")
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of lr (cosine decay)")
     warmup: float = _f(0.05, "fraction of the budget spent warming the learning rate up")
     weight_decay: float = _f(0.1, "AdamW weight decay")
     beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 turns it off)")
-    evals: int = _f(10, "evaluate this many times, evenly over the budget (if eval_every_tokens is unset)")
+    evals: int = _f(8, "evaluate this many times, evenly over the budget (if eval_every_tokens is unset)")
     eval_every_tokens: int | None = _f(None, "evaluate every this many training tokens")
-    eval_tokens: int = _f(65536, "held-out tokens scored per length at each evaluation")
+    eval_tokens: int = _f(16384, "held-out tokens scored per length at each evaluation")
     keep_checkpoints: int = _f(2, "how many recent checkpoints to keep")
     block_tokens: int = _f(16384, "shuffle granularity: the train stream is shuffled in blocks of this")
     seed: int = _f(0, "seed for weights and data order")
@@ -70,7 +70,7 @@ class TrainConfig:
         if len(given) > 1:
             raise GrowLengthError(f"give one budget, not {given}")
         if not given:
-            self.budget_tokens = 200 * self.tokens_per_step
+            self.budget_tokens = 160 * self.tokens_per_step
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -170,11 +170,10 @@ def prepare(
 ) -> dict:
     """Prepare `out` from `inputs`; returns the meta written to out/meta.json."""
     out = Path(out)
+    tokenizer = load_tokenizer(tokenizer_path, eos_token) if tokenizer_path else None
     docs = read_documents(inputs, text_field)
     train_docs, val_docs = split_documents(docs, val_fraction, seed)
-    tokenizer = (
-        load_tokenizer(tokenizer_path, eos_token) if tokenizer_path else train_tokenizer(train_docs, vocab_size)
-    )
+    tokenizer = tokenizer or train_tokenizer(train_docs, vocab_size)
     eos_id = tokenizer.token_to_id(eos_token)
     _make_writable_dir(out)
     train = encode_documents(tokenizer, train_docs, eos_id, "encode train")

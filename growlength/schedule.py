@@ -152,8 +152,6 @@ def make_schedule(
         lengths, shares = parse_stages(stages)
         return _stepped("stages", lengths, shares)
     _check_lengths((start_len, target_len), allow_equal=True)
-    if start_len > target_len:
-        raise GrowLengthError(f"start_len {start_len} is longer than target_len {target_len}")
     if kind == "constant":
         return _stepped("constant", (target_len,), (1.0,))
     if kind == "doubling":

@@ -119,7 +119,7 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     loader = Loader(
         data.train, seed=cfg.seed, block_tokens=cfg.block_tokens, rank=world.rank, world_size=world.size
     )
-    progress = _restore(out, model, optimizer, loader) if resume else Progress()
+    progress, last_eval = _restore(out, model, optimizer, loader) if resume else (Progress(), {})
     if world.is_main:
         save_config(cfg, out / "config.yaml")
         _trim_metrics(out / "metrics.jsonl", progress.step)
@@ -129,7 +129,21 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         )
     model = dist.wrap(model, world, device)
     shape_by_len = {s.seq_len: s for s in shapes}
-    return Run(cfg, out, data, schedule, budget, shape_by_len, model, optimizer, loader, device, world, progress)
+    return Run(
+        cfg,
+        out,
+        data,
+        schedule,
+        budget,
+        shape_by_len,
+        model,
+        optimizer,
+        loader,
+        device,
+        world,
+        progress,
+        last_eval=last_eval,
+    )
 
 
 def train_step(run: Run, shape: StepShape) -> float:
@@ -220,7 +234,12 @@ def evaluate(run: Run) -> dict:
     if run.world.is_main:
         _append_jsonl(run.out / "metrics.jsonl", record)
         if p.step > 0:
-            state = {"progress": asdict(p), "loader": run.loader.state_dict(), "config": cfg.to_dict()}
+            state = {
+                "progress": asdict(p),
+                "loader": run.loader.state_dict(),
+                "config": cfg.to_dict(),
+                "last_eval": record,
+            }
             save_checkpoint(
                 run.out,
                 step=p.step,
@@ -277,7 +296,8 @@ def _progress_bar(run: Run, show: bool):
         unit=unit.rstrip("s") if unit != "seconds" else "s",
         unit_scale=unit == "tokens",
         disable=not (show and run.world.is_main),
-        desc="train", mininterval=1.0,
+        desc="train",
+        mininterval=1.0,
         dynamic_ncols=True,
     )
 
@@ -352,15 +372,16 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
 
 
-def _restore(out: Path, model, optimizer, loader: Loader) -> Progress:
+def _restore(out: Path, model, optimizer, loader: Loader) -> tuple[Progress, dict]:
+    """Progress and last eval record of the newest good checkpoint; model, optimizer, loader restored."""
     checkpoint = latest_checkpoint(out)
     if checkpoint is None:
         print(f"no checkpoint in {out}: starting from the beginning")
-        return Progress()
+        return Progress(), {}
     state = load_checkpoint(checkpoint, model, optimizer)
     loader.load_state_dict(state["loader"])
     print(f"resuming from {checkpoint} (step {state['progress']['step']}, {state['progress']['tokens']:,} tokens)")
-    return Progress(**state["progress"])
+    return Progress(**state["progress"]), state["last_eval"]
 
 
 def _trim_metrics(path: Path, step: int) -> None:

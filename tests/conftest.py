@@ -1,0 +1,41 @@
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Tests never write to the user's cache: the embedded corpus is prepared into a temporary folder.
+os.environ.setdefault("GROWLENGTH_CACHE", tempfile.mkdtemp(prefix="growlength-cache-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """The embedded Shakespeare corpus with a 512-token BPE: real text, prepared once per session."""
+    from growlength.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "shakespeare-512"
+    prepare(["shakespeare"], out, vocab_size=512)
+    return out
+
+
+def tiny_config(data: Path, **overrides):
+    """A config that trains the `tiny` model through 64 -> 128 -> 256 in seconds."""
+    from growlength.config import TrainConfig
+
+    values = dict(
+        data=str(data),
+        model="tiny",
+        schedule="doubling",
+        start_len=64,
+        target_len=256,
+        tokens_per_step=2048,
+        budget_steps=24,
+        evals=3,
+        eval_tokens=4096,
+        lr=3e-3,
+        block_tokens=1024,
+        keep_checkpoints=5,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)

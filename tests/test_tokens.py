@@ -1,0 +1,138 @@
+import json
+
+import numpy as np
+import pytest
+
+from growlength.errors import GrowLengthError
+from growlength.tokens import Loader, eval_windows, open_tokens
+
+# Unique token values, so "each token exactly once" can be checked by value.
+STREAM = np.arange(10_000, dtype=np.uint32)
+
+
+def reference_epoch(tokens, seed, epoch, block):
+    """The shuffled stream of one epoch, built independently of the loader."""
+    n_blocks = -(-len(tokens) // block)
+    order = np.random.default_rng([seed, epoch]).permutation(n_blocks)
+    return np.concatenate([tokens[b * block : (b + 1) * block] for b in order])
+
+
+def consume(loader, plan):
+    """Run (seq_len, rows) batches; return inputs and targets flattened in stream order."""
+    inputs, targets = [], []
+    for seq_len, rows in plan:
+        x, y = loader.next_batch(seq_len, rows)
+        assert x.shape == y.shape == (rows // loader.world_size, seq_len)
+        inputs.append(x.ravel())
+        targets.append(y.ravel())
+    return np.concatenate(inputs), np.concatenate(targets)
+
+
+def test_windows_joined_back_equal_the_stream_across_length_changes():
+    loader = Loader(STREAM, seed=3, block_tokens=700)
+    plan = [(64, 16)] * 3 + [(128, 8)] * 3 + [(256, 4)] * 2 + [(1024, 1)]
+    assert len({seq_len for seq_len, _ in plan}) == 4  # the lengths really change
+    inputs, targets = consume(loader, plan)
+    stream = reference_epoch(STREAM, 3, 0, 700)
+    n = len(inputs)
+    assert np.array_equal(inputs, stream[:n])
+    assert np.array_equal(targets, stream[1 : n + 1])
+    assert len(np.unique(targets)) == n  # no token is a target twice
+    assert loader.cursor == n
+
+
+def test_each_token_is_a_target_once_per_epoch_and_epochs_reshuffle():
+    loader = Loader(STREAM, seed=0, block_tokens=1000)
+    _, targets = consume(loader, [(100, 10)] * 30)  # 3 epochs of 10,000 tokens
+    first, second = reference_epoch(STREAM, 0, 0, 1000), reference_epoch(STREAM, 0, 1, 1000)
+    # targets are stream positions 1..30000: epoch 0 contributes all its tokens but its first one
+    assert np.array_equal(np.sort(targets[:9999]), np.setdiff1d(STREAM, [first[0]]))
+    assert np.array_equal(np.sort(targets[9999:19999]), STREAM)  # epoch 1: every token exactly once
+    assert np.array_equal(targets[9999:19999], second)
+    assert not np.array_equal(first, second)
+
+
+def test_shuffle_does_not_depend_on_the_lengths_asked_for():
+    a = Loader(STREAM, seed=7, block_tokens=512)
+    b = Loader(STREAM, seed=7, block_tokens=512)
+    xa, _ = consume(a, [(64, 8)] * 8)
+    xb, _ = consume(b, [(256, 2)] * 2 + [(32, 16)] * 4 + [(512, 1)] * 2)
+    assert len(xa) == len(xb) == 4096
+    assert np.array_equal(xa, xb)
+
+
+def test_state_dict_resume_gives_the_same_next_batches():
+    plan = [(64, 8), (64, 8), (128, 4), (256, 2), (256, 2), (512, 1)]
+    full = Loader(STREAM, seed=1, block_tokens=300)
+    expected = [full.next_batch(*p) for p in plan]
+    first = Loader(STREAM, seed=1, block_tokens=300)
+    for p in plan[:3]:
+        first.next_batch(*p)
+    state = json.loads(json.dumps(first.state_dict()))  # it travels as JSON in a checkpoint
+    resumed = Loader(STREAM, seed=1, block_tokens=300)
+    resumed.load_state_dict(state)
+    for p, (x, y) in zip(plan[3:], expected[3:]):
+        rx, ry = resumed.next_batch(*p)
+        assert np.array_equal(rx, x) and np.array_equal(ry, y)
+
+
+@pytest.mark.parametrize("change", [{"seed": 2}, {"block_tokens": 301}])
+def test_resume_into_a_different_stream_is_refused(change):
+    state = Loader(STREAM, seed=1, block_tokens=300).state_dict()
+    other = Loader(STREAM, **{"seed": 1, "block_tokens": 300, **change})
+    with pytest.raises(GrowLengthError, match="resume with the same data"):
+        other.load_state_dict(state)
+
+
+def test_ranks_read_disjoint_slices_whose_union_is_the_single_process_batch():
+    plan = [(64, 8), (128, 4), (256, 2)]
+    single = Loader(STREAM, seed=5, block_tokens=256)
+    ranks = [Loader(STREAM, seed=5, block_tokens=256, rank=r, world_size=2) for r in range(2)]
+    for seq_len, rows in plan:
+        x, _ = single.next_batch(seq_len, rows)
+        parts = [loader.next_batch(seq_len, rows)[0] for loader in ranks]
+        assert np.array_equal(np.concatenate(parts), x)
+        assert not set(parts[0].ravel()) & set(parts[1].ravel())
+    assert ranks[0].cursor == ranks[1].cursor == single.cursor
+
+
+def test_eval_windows_score_the_same_tokens_at_every_length():
+    val = np.arange(5000, dtype=np.uint16)
+    by_len = {n: eval_windows(val, n, 4096) for n in (128, 512, 2048)}
+    for x, y in by_len.values():
+        assert np.array_equal(y.ravel(), np.arange(1, 4097))
+        assert np.array_equal(x.ravel(), np.arange(0, 4096))
+    with pytest.raises(GrowLengthError, match="too few"):
+        eval_windows(val, 8192, 4096)
+
+
+def write_prepared(path, train, val, **meta):
+    path.mkdir(exist_ok=True)
+    train.tofile(path / "train.bin")
+    val.tofile(path / "val.bin")
+    base = dict(dtype=train.dtype.name, vocab_size=100, eos_id=0, train_tokens=len(train), val_tokens=len(val))
+    (path / "meta.json").write_text(json.dumps({**base, "tokenizer_sha256": "x", **meta}))
+
+
+def test_open_tokens_checks_the_files_against_meta(tmp_path):
+    train, val = np.arange(50, dtype=np.uint16), np.arange(10, dtype=np.uint16)
+    write_prepared(tmp_path / "ok", train, val)
+    data = open_tokens(tmp_path / "ok")
+    assert np.array_equal(data.train, train) and data.vocab_size == 100
+
+    write_prepared(tmp_path / "short", train, val, train_tokens=60)
+    with pytest.raises(GrowLengthError, match="truncated"):
+        open_tokens(tmp_path / "short")
+
+    write_prepared(tmp_path / "gone", train, val)
+    (tmp_path / "gone" / "val.bin").unlink()
+    with pytest.raises(GrowLengthError, match="missing"):
+        open_tokens(tmp_path / "gone")
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "meta.json").write_text("{not json")
+    with pytest.raises(GrowLengthError, match="not valid JSON"):
+        open_tokens(tmp_path / "bad")
+
+    with pytest.raises(GrowLengthError, match="growlength prepare"):
+        open_tokens(tmp_path / "nowhere")

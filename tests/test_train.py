@@ -1,0 +1,96 @@
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from growlength.checkpoint import list_checkpoints
+from growlength.train import train
+
+
+def records(run_dir):
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if "loss" in r], [r for r in lines if "val_loss" in r]
+
+
+@pytest.fixture(scope="module")
+def full_run(corpus, tmp_path_factory):
+    """24 steps through 64 -> 128 -> 256, evaluated and checkpointed every 8 steps."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    train(tiny_config(corpus), out, show_progress=False)
+    return out
+
+
+def test_trains_through_two_stage_changes_and_val_loss_falls(full_run):
+    steps, evals = records(full_run)
+    seq_lens = [r["seq_len"] for r in steps]
+    assert seq_lens == [64] * 8 + [128] * 8 + [256] * 8  # equal shares of a 24-step budget
+    assert [e["step"] for e in evals] == [0, 8, 16, 24]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
+    assert evals[-1]["val_loss_by_len"].keys() == {"64", "128", "256"}
+    required = {"step", "tokens", "seq_len", "rows", "loss", "lr", "wall_s", "tokens_per_s"}
+    assert all(required <= r.keys() for r in steps)
+
+
+def test_tokens_per_step_are_constant_across_stages(full_run):
+    steps, _ = records(full_run)
+    tokens = [0] + [r["tokens"] for r in steps]
+    assert {b - a for a, b in zip(tokens, tokens[1:])} == {2048}
+    assert {r["rows"] * r["seq_len"] for r in steps} == {2048}
+    assert len({r["rows"] for r in steps}) == 3
+
+
+def test_run_folder_holds_config_and_checkpoints(full_run):
+    from growlength.config import load_config
+
+    assert load_config(full_run / "config.yaml") == tiny_config(load_config(full_run / "config.yaml").data)
+    names = [p.name for p in list_checkpoints(full_run)]
+    assert names == ["step_00000008", "step_00000016", "step_00000024"]
+    state = json.loads((list_checkpoints(full_run)[-1] / "state.json").read_text())
+    assert state["loader"]["cursor"] == 24 * 2048
+    assert state["progress"]["seq_lens"] == [64, 128, 256]
+
+
+def test_resume_gives_the_same_losses_and_weights(full_run, tmp_path, capsys):
+    """Pretend the run died after its step-8 checkpoint: later checkpoints gone, metrics written past it."""
+    crashed = tmp_path / "crashed"
+    shutil.copytree(full_run, crashed)
+    for path in list_checkpoints(crashed)[1:]:
+        shutil.rmtree(path)
+    with (crashed / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 9, "tokens": 1')  # a line cut short by the crash
+    train(None, crashed, resume=True, show_progress=False)
+    assert "resuming from" in capsys.readouterr().out  # it continued; it did not start over
+    got, want = records(crashed), records(full_run)
+    assert [r["loss"] for r in got[0]] == [r["loss"] for r in want[0]]  # bit for bit on CPU
+    assert without_timing(got) == without_timing(want)
+    a = load_file(str(list_checkpoints(full_run)[-1] / "model.safetensors"))
+    b = load_file(str(list_checkpoints(crashed)[-1] / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def without_timing(parts):
+    timing = {"wall_s", "tokens_per_s", "eval_s"}
+    return [[{k: v for k, v in r.items() if k not in timing} for r in part] for part in parts]
+
+
+def test_rows_constant_baseline_grows_tokens_per_step(corpus, tmp_path):
+    out = tmp_path / "rows"
+    train(tiny_config(corpus, constant="rows", budget_steps=6, evals=1), out, show_progress=False)
+    steps, _ = records(out)
+    assert {r["rows"] for r in steps} == {8}
+    assert [r["seq_len"] for r in steps] == [64, 64, 128, 128, 256, 256]
+    assert steps[-1]["tokens"] == 8 * (2 * 64 + 2 * 128 + 2 * 256)
+
+
+def test_time_budget_fills_the_stages(corpus, tmp_path):
+    out = tmp_path / "timed"
+    cfg = tiny_config(corpus, budget_steps=None, budget_seconds=3.0, evals=2)
+    train(cfg, out, show_progress=False)
+    steps, evals = records(out)
+    assert steps[-1]["wall_s"] >= 3.0 > steps[-2]["wall_s"]
+    assert [r["seq_len"] for r in steps] == sorted(r["seq_len"] for r in steps)
+    assert {r["seq_len"] for r in steps} == {64, 128, 256}
+    assert evals[-1]["step"] == steps[-1]["step"]
