@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -69,10 +70,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from growlength.config import FIELDS
+    from growlength.config import FIELDS, field_type
 
     for name, f in FIELDS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, help=f.metadata["help"], metavar="V")
+        flag, metavar = "--" + name.replace("_", "-"), field_type(name).__name__.upper()
+        parser.add_argument(flag, dest=name, help=f.metadata["help"], metavar=metavar)
 
 
 def _prepare(args) -> int:
@@ -107,6 +109,8 @@ def _train(args) -> int:
         config = saved  # flags given with --resume are checked against the saved run, not silently applied
     cfg = None if resume and config is None else load_config(config, overrides)
     record = train(cfg, args.out, resume=resume, show_progress=not getattr(args, "quiet", False))
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     by_len = ", ".join(f"{k}: {v:.3f}" for k, v in record["val_loss_by_len"].items())
     print(
         f"done: step {record['step']}, {record['tokens']:,} tokens, {record['wall_s']:.0f} s training; "

@@ -85,6 +85,14 @@ def test_rows_constant_baseline_grows_tokens_per_step(corpus, tmp_path):
     assert steps[-1]["tokens"] == 8 * (2 * 64 + 2 * 128 + 2 * 256)
 
 
+def test_llama_preset_trains_through_a_stage_change(corpus, tmp_path):
+    out = tmp_path / "llama"
+    record = train(tiny_config(corpus, model="llama-tiny", budget_steps=4, evals=1), out, show_progress=False)
+    steps, _ = records(out)
+    assert [r["seq_len"] for r in steps] == [64, 64, 128, 256]
+    assert record["val_loss"] < steps[0]["loss"]
+
+
 def test_time_budget_fills_the_stages(corpus, tmp_path):
     out = tmp_path / "timed"
     cfg = tiny_config(corpus, budget_steps=None, budget_seconds=3.0, evals=2)
