@@ -1,12 +1,16 @@
 """Token accounting: how many sequences one optimizer step holds at a given length, and how they split.
 
-The GrowLength default keeps tokens per optimizer step constant across stages, so a step at 128 tokens
-holds 8x the rows of a step at 1024 and every step moves the model by the same amount of data:
+Four batch policies, one name each (`batch_policy`):
 
-    tokens_per_step=8192:  seq_len 128 -> 64 rows,  seq_len 1024 -> 8 rows
-
-The truncation-style baseline (`constant='rows'`) holds rows fixed instead (rows = tokens_per_step /
-target_len), so a step at 128 tokens sees 1/8 of the data a step at 1024 does.
+    tokens    rows = tokens_per_step / seq_len, exactly (GrowLength's default: every step moves the model
+              by the same amount of data). tokens_per_step=8192: seq_len 128 -> 64 rows, 1024 -> 8 rows.
+    reshape   rows = floor(tokens_per_step / seq_len): about constant tokens at any length, the way
+              DeepSpeed's seqlen curriculum reshapes a batch. 8192 at seq_len 192 -> 42 rows (8064 tokens).
+    rows      rows = tokens_per_step / target_len at every length: a step at 128 holds 1/8 of the
+              tokens of a step at 1024; no data is skipped.
+    truncate  as rows, but each row is cut from a target_len sample and the rest of the sample is
+              skipped (Composer's SeqLengthWarmup with truncate=True): data is consumed at the target
+              rate while only seq_len tokens per row are trained on.
 """
 
 import math
@@ -14,22 +18,30 @@ from dataclasses import dataclass
 
 from growlength.errors import GrowLengthError
 
-CONSTANTS = ("tokens", "rows")
+BATCH_POLICIES = ("tokens", "reshape", "rows", "truncate")
 
 
 @dataclass(frozen=True)
 class StepShape:
-    """One optimizer step: `rows` sequences of `seq_len` over all ranks; each rank runs `accum`
-    micro-batches of `micro_rows` sequences."""
+    """One optimizer step: `rows` sequences of `seq_len` over all ranks. Each rank runs `accum`
+    micro-batches of at most `micro_rows` sequences (the last may hold fewer). Row i starts
+    `row_stride` tokens after row i - 1 in the stream (seq_len, or target_len when truncating)."""
 
     seq_len: int
     rows: int
     micro_rows: int
     accum: int
+    row_stride: int
 
     @property
     def tokens(self) -> int:
+        """Tokens trained on (each is a target once)."""
         return self.rows * self.seq_len
+
+    @property
+    def consumed(self) -> int:
+        """Tokens of the stream the step moves past (more than `tokens` when truncating)."""
+        return self.rows * self.row_stride
 
 
 def step_shape(
@@ -39,26 +51,36 @@ def step_shape(
     target_len: int,
     micro_batch_tokens: int,
     world_size: int = 1,
-    constant: str = "tokens",
+    batch_policy: str = "tokens",
 ) -> StepShape:
     """The shape of a step at `seq_len`. Raises GrowLengthError when the numbers do not divide."""
-    if constant not in CONSTANTS:
-        raise GrowLengthError(f"constant must be one of {CONSTANTS}, got {constant!r}")
-    per_step_len = seq_len if constant == "tokens" else target_len
-    if tokens_per_step % per_step_len:
-        raise GrowLengthError(
-            f"tokens_per_step {tokens_per_step} is not divisible by seq_len {per_step_len}: "
-            f"use a multiple of {per_step_len} (e.g. {_round_up(tokens_per_step, per_step_len)})"
-        )
-    rows = tokens_per_step // per_step_len
+    if batch_policy not in BATCH_POLICIES:
+        raise GrowLengthError(f"batch_policy must be one of {', '.join(BATCH_POLICIES)}, got {batch_policy!r}")
+    rows = _rows(seq_len, tokens_per_step, target_len, world_size, batch_policy)
     if rows % world_size:
         raise GrowLengthError(
             f"{rows} rows per step at seq_len {seq_len} do not split over {world_size} ranks: "
-            f"make tokens_per_step a multiple of {per_step_len * world_size}"
+            f"make tokens_per_step a multiple of {seq_len * world_size}"
         )
     rank_rows = rows // world_size
-    micro_rows = _largest_divisor_at_most(rank_rows, max(1, micro_batch_tokens // seq_len))
-    return StepShape(seq_len=seq_len, rows=rows, micro_rows=micro_rows, accum=rank_rows // micro_rows)
+    micro_rows = min(rank_rows, max(1, micro_batch_tokens // seq_len))
+    stride = target_len if batch_policy == "truncate" else seq_len
+    return StepShape(seq_len, rows, micro_rows, accum=-(-rank_rows // micro_rows), row_stride=stride)
+
+
+def _rows(seq_len: int, tokens_per_step: int, target_len: int, world_size: int, batch_policy: str) -> int:
+    if batch_policy == "reshape":
+        rows = tokens_per_step // seq_len // world_size * world_size
+        if rows == 0:
+            raise GrowLengthError(f"tokens_per_step {tokens_per_step} is less than one row of {seq_len} per rank")
+        return rows
+    per_row = seq_len if batch_policy == "tokens" else target_len
+    if tokens_per_step % per_row:
+        raise GrowLengthError(
+            f"tokens_per_step {tokens_per_step} is not divisible by seq_len {per_row}: "
+            f"use a multiple of {per_row} (e.g. {_round_up(tokens_per_step, per_row)})"
+        )
+    return tokens_per_step // per_row
 
 
 def check_lengths(lengths: tuple[int, ...], **shape_kwargs) -> list[StepShape]:
@@ -74,13 +96,10 @@ def check_lengths(lengths: tuple[int, ...], **shape_kwargs) -> list[StepShape]:
         fits = _round_up(tokens_per_step, math.lcm(*lengths) * world_size)
         raise GrowLengthError(
             f"tokens_per_step {tokens_per_step} does not split into whole rows over {world_size} rank(s) "
-            f"at seq_len {bad}: choose lengths that divide it, or tokens_per_step {fits}"
+            f"at seq_len {bad}: choose lengths that divide it, use tokens_per_step {fits}, "
+            "or batch_policy reshape"
         )
     return [step_shape(seq_len, **shape_kwargs) for seq_len in lengths]
-
-
-def _largest_divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -34,7 +34,9 @@ class TrainConfig:
     ramp: float = _f(0.3, "linear/root: fraction of the budget over which the length grows")
     multiple: int = _f(64, "linear/root: round lengths down to a multiple of this")
     degree: int = _f(2, "root: the root's degree (2 = square root)")
-    constant: str = _f("tokens", "hold 'tokens' per step constant (GrowLength) or 'rows' (truncation baseline)")
+    batch_policy: str = _f(
+        "tokens", "tokens (constant tokens per step) | reshape | rows | truncate: see budget.py"
+    )
     tokens_per_step: int = _f(8192, "tokens per optimizer step over all ranks (at the target length for 'rows')")
     micro_batch_tokens: int = _f(8192, "most tokens in one forward pass per rank; more is accumulated")
     budget_steps: int | None = _f(None, "train for this many optimizer steps")
@@ -49,6 +51,7 @@ class TrainConfig:
     evals: int = _f(8, "evaluate this many times, evenly over the budget (if eval_every_tokens is unset)")
     eval_every_tokens: int | None = _f(None, "evaluate every this many training tokens")
     eval_tokens: int = _f(16384, "held-out tokens scored per length at each evaluation")
+    eval_seen_lengths: bool = _f(True, "also evaluate at every stage length trained so far (else: target only)")
     keep_checkpoints: int = _f(2, "how many recent checkpoints to keep")
     block_tokens: int = _f(16384, "shuffle granularity: the train stream is shuffled in blocks of this")
     seed: int = _f(0, "seed for weights and data order")
@@ -102,6 +105,12 @@ def coerce(name: str, value):
             if isinstance(number, bool) or not float(number).is_integer():
                 raise ValueError
             return int(number)
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError

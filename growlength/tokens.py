@@ -100,15 +100,19 @@ class Loader:
         self._block_len = np.minimum(block_tokens, len(tokens) - np.arange(n_blocks) * block_tokens)
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
-    def next_batch(self, seq_len: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, targets), each int64 of shape (rows // world_size, seq_len); advances the cursor."""
+    def next_batch(self, seq_len: int, rows: int, row_stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets), each int64 of shape (rows // world_size, seq_len); advances the cursor
+        by rows * row_stride. A row_stride above seq_len skips the rest of each row (truncation)."""
+        stride = row_stride or seq_len
         rank_rows = rows // self.world_size
-        start = self.cursor + self.rank * rank_rows * seq_len
-        window = self.read(start, rank_rows * seq_len + 1).astype(np.int64)
-        self.cursor += rows * seq_len
-        inputs_RT = window[:-1].reshape(rank_rows, seq_len)
-        targets_RT = window[1:].reshape(rank_rows, seq_len)
-        return inputs_RT, targets_RT
+        start = self.cursor + self.rank * rank_rows * stride
+        window = self.read(start, rank_rows * stride + 1).astype(np.int64)
+        self.cursor += rows * stride
+        if stride == seq_len:
+            return window[:-1].reshape(rank_rows, seq_len), window[1:].reshape(rank_rows, seq_len)
+        starts_R1 = (np.arange(rank_rows) * stride)[:, None]
+        offsets_1T = np.arange(seq_len)[None, :]
+        return window[starts_R1 + offsets_1T], window[starts_R1 + offsets_1T + 1]
 
     def read(self, start: int, n: int) -> np.ndarray:
         """Tokens [start, start + n) of the endless shuffled stream."""

@@ -104,16 +104,21 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     )
     budget = Budget(steps=cfg.budget_steps, tokens=cfg.budget_tokens, seconds=cfg.budget_seconds)
     model_cfg = model_config(cfg.model, vocab_size=data.vocab_size, eos_id=int(data.meta["eos_id"]))
-    check_fits(model_cfg, schedule.max_len)
+    if schedule.max_len > cfg.target_len:
+        raise GrowLengthError(
+            f"the schedule reaches seq_len {schedule.max_len}, beyond target_len {cfg.target_len}: "
+            "raise target_len (the length the model is built for and evaluated at)"
+        )
+    check_fits(model_cfg, cfg.target_len)
     shapes = check_lengths(
         schedule.all_lengths(),
         tokens_per_step=cfg.tokens_per_step,
-        target_len=schedule.max_len,
+        target_len=cfg.target_len,
         micro_batch_tokens=cfg.micro_batch_tokens,
         world_size=world.size,
-        constant=cfg.constant,
+        batch_policy=cfg.batch_policy,
     )
-    _check_corpus(data, shapes[-1], cfg.eval_tokens)
+    _check_corpus(data, max(shapes, key=lambda s: (s.consumed, s.seq_len)), cfg.target_len)
     model = build_model(model_cfg, cfg.seed).to(device)
     optimizer = _optimizer(model, cfg)
     loader = Loader(
@@ -148,14 +153,16 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
 
 def train_step(run: Run, shape: StepShape) -> float:
     """One optimizer step: accumulate gradients over micro-batches, clip, step. Returns the mean loss."""
-    inputs, targets = run.loader.next_batch(shape.seq_len, shape.rows)
+    inputs, targets = run.loader.next_batch(shape.seq_len, shape.rows, row_stride=shape.row_stride)
     total = 0.0
     for micro in range(shape.accum):
         rows = slice(micro * shape.micro_rows, (micro + 1) * shape.micro_rows)
         x = torch.from_numpy(inputs[rows]).to(run.device, non_blocking=True)
         y = torch.from_numpy(targets[rows]).to(run.device, non_blocking=True)
+        # Weight by rows so a short last micro-batch counts for what it holds: the sum is the step's mean.
+        weight = len(x) / len(inputs)
         with dist.no_sync(run.model, micro == shape.accum - 1), run.autocast():
-            loss = lm_loss(run.model, x, y) / shape.accum
+            loss = lm_loss(run.model, x, y) * weight
             loss.backward()
         total += loss.item()
     if run.cfg.grad_clip > 0:
@@ -227,7 +234,8 @@ def evaluate(run: Run) -> dict:
         "tokens": p.tokens,
         "seq_len": p.seq_lens[-1] if p.seq_lens else run.schedule.seq_len_at(0.0),
         "wall_s": round(p.seconds, 3),
-        "val_loss": by_len[run.schedule.max_len],
+        "val_loss": by_len[cfg.target_len],
+        "data_tokens": run.loader.cursor,
         "val_loss_by_len": {str(k): v for k, v in by_len.items()},
         "eval_s": round(time.perf_counter() - started, 3),
     }
@@ -256,7 +264,9 @@ def evaluate(run: Run) -> dict:
 def _eval_lengths(run: Run) -> list[int]:
     """The target, plus the lengths trained so far that lie on the doubling grid (all stages of a
     stepped schedule; a ramp's lengths are many, so only the grid points are scored)."""
-    target = run.schedule.max_len
+    target = run.cfg.target_len
+    if not run.cfg.eval_seen_lengths:
+        return [target]
     grid = set(doubling_lengths(run.schedule.all_lengths()[0], target))
     stepped = run.schedule.kind not in ("linear", "root")
     return sorted({target} | {s for s in run.progress.seq_lens if stepped or s in grid})
@@ -349,15 +359,16 @@ def _data_path(cfg: TrainConfig, world: dist.World) -> Path:
     return resolve_data(cfg.data, cfg.vocab_size)
 
 
-def _check_corpus(data: TokenData, target: StepShape, eval_tokens: int) -> None:
-    if len(data.train) < target.tokens + 1:
+def _check_corpus(data: TokenData, biggest: StepShape, target_len: int) -> None:
+    """One step of the hungriest shape must fit in the train split, one target window in val."""
+    if len(data.train) < biggest.consumed + 1:
         raise GrowLengthError(
-            f"the train split has {len(data.train)} tokens, fewer than one step at seq_len {target.seq_len} "
-            f"needs ({target.tokens + 1}): give more text or lower tokens_per_step"
+            f"the train split has {len(data.train)} tokens, fewer than one step at seq_len {biggest.seq_len} "
+            f"needs ({biggest.consumed + 1}): give more text or lower tokens_per_step"
         )
-    if len(data.val) < target.seq_len + 1:
+    if len(data.val) < target_len + 1:
         raise GrowLengthError(
-            f"the val split has {len(data.val)} tokens, too few for one window of {target.seq_len}: "
+            f"the val split has {len(data.val)} tokens, too few for one window of {target_len}: "
             "prepare with a larger --val-fraction"
         )
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from growlength.budget import check_lengths, step_shape
@@ -13,7 +15,7 @@ def test_constant_tokens_per_step(seq_len, rows):
 
 
 def test_rows_constant_is_the_truncation_baseline():
-    shapes = [step_shape(n, **KW, constant="rows") for n in (128, 512, 1024)]
+    shapes = [step_shape(n, **KW, batch_policy="rows") for n in (128, 512, 1024)]
     assert [s.rows for s in shapes] == [8, 8, 8]
     assert [s.tokens for s in shapes] == [1024, 4096, 8192]
 
@@ -27,10 +29,28 @@ def test_accumulation_when_a_micro_batch_would_not_fit():
     assert (shape.micro_rows, shape.accum) == (1, 8)
 
 
-def test_micro_rows_divide_rank_rows():
-    # 24 rows over 2 ranks = 12 per rank; at most 5 fit: the largest divisor of 12 that fits is 4.
+def test_uneven_micro_batches_cover_the_rank_rows():
+    # 24 rows over 2 ranks = 12 per rank; at most 5 fit in a micro-batch: 5 + 5 + 2.
     shape = step_shape(64, tokens_per_step=1536, target_len=64, micro_batch_tokens=5 * 64, world_size=2)
-    assert (shape.rows, shape.micro_rows, shape.accum) == (24, 4, 3)
+    assert (shape.rows, shape.micro_rows, shape.accum) == (24, 5, 3)
+
+
+def test_reshape_keeps_about_constant_tokens_at_any_length():
+    shapes = [step_shape(n, **KW, batch_policy="reshape") for n in (8, 192, 1000, 1024)]
+    assert [s.rows for s in shapes] == [1024, 42, 8, 8]
+    assert all(8192 - s.seq_len < s.tokens <= 8192 for s in shapes)
+    assert step_shape(192, **KW, batch_policy="reshape", world_size=4).rows == 40  # split evenly over ranks
+
+
+def test_truncate_holds_rows_and_skips_the_rest_of_each_sample():
+    shape = step_shape(128, **KW, batch_policy="truncate")
+    assert (shape.rows, shape.tokens, shape.row_stride, shape.consumed) == (8, 1024, 1024, 8192)
+    assert step_shape(128, **KW, batch_policy="rows").consumed == 1024
+
+
+def test_unknown_batch_policy():
+    with pytest.raises(GrowLengthError, match="batch_policy must be one of"):
+        step_shape(128, **KW, batch_policy="samples")
 
 
 def test_ranks_split_rows():
@@ -54,7 +74,7 @@ def test_check_lengths_names_every_bad_length_and_a_value_that_works():
         check_lengths((128, 192, 256, 320), **KW)
     message = str(e.value)
     assert "[192, 320]" in message
-    fits = int(message.rsplit(" ", 1)[-1])
+    fits = int(re.search(r"use tokens_per_step (\d+)", message).group(1))
     assert all(fits % n == 0 for n in (128, 192, 256, 320))
     check_lengths((128, 192, 256, 320), **{**KW, "tokens_per_step": fits})
 

@@ -76,6 +76,16 @@ def test_state_dict_resume_gives_the_same_next_batches():
         assert np.array_equal(rx, x) and np.array_equal(ry, y)
 
 
+def test_row_stride_truncates_each_sample_and_skips_its_rest():
+    loader = Loader(STREAM, seed=0, block_tokens=10_000)  # one block: the stream is STREAM itself
+    x, y = loader.next_batch(4, 3, row_stride=10)
+    assert x.tolist() == [[0, 1, 2, 3], [10, 11, 12, 13], [20, 21, 22, 23]]
+    assert y.tolist() == [[1, 2, 3, 4], [11, 12, 13, 14], [21, 22, 23, 24]]
+    assert loader.cursor == 30
+    x, _ = loader.next_batch(10, 1, row_stride=10)  # stride == seq_len: contiguous again
+    assert x.tolist() == [list(range(30, 40))]
+
+
 @pytest.mark.parametrize("change", [{"seed": 2}, {"block_tokens": 301}])
 def test_resume_into_a_different_stream_is_refused(change):
     state = Loader(STREAM, seed=1, block_tokens=300).state_dict()

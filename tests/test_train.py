@@ -78,11 +78,37 @@ def without_timing(parts):
 
 def test_rows_constant_baseline_grows_tokens_per_step(corpus, tmp_path):
     out = tmp_path / "rows"
-    train(tiny_config(corpus, constant="rows", budget_steps=6, evals=1), out, show_progress=False)
+    train(tiny_config(corpus, batch_policy="rows", budget_steps=6, evals=1), out, show_progress=False)
     steps, _ = records(out)
     assert {r["rows"] for r in steps} == {8}
     assert [r["seq_len"] for r in steps] == [64, 64, 128, 128, 256, 256]
     assert steps[-1]["tokens"] == 8 * (2 * 64 + 2 * 128 + 2 * 256)
+
+
+def test_truncate_and_reshape_baselines(corpus, tmp_path):
+    common = dict(schedule="linear", start_len=8, multiple=8, ramp=0.5, budget_steps=6, evals=1)
+    train(tiny_config(corpus, batch_policy="truncate", **common), tmp_path / "truncate", show_progress=False)
+    steps, evals = records(tmp_path / "truncate")
+    assert {r["rows"] for r in steps} == {8}
+    assert evals[-1]["data_tokens"] == 6 * 8 * 256 > steps[-1]["tokens"]  # the truncated rest is skipped
+    train(tiny_config(corpus, batch_policy="reshape", **common), tmp_path / "reshape", show_progress=False)
+    steps, evals = records(tmp_path / "reshape")
+    seq_lens = [r["seq_len"] for r in steps]
+    assert seq_lens[0] == 8 and seq_lens[-1] == 256 and any(2048 % n for n in seq_lens)  # lengths not dividing
+    assert all(2048 - r["seq_len"] < r["rows"] * r["seq_len"] <= 2048 for r in steps)
+    assert evals[-1]["data_tokens"] == steps[-1]["tokens"]
+
+
+def test_short_fixed_run_is_evaluated_at_the_target(corpus, tmp_path):
+    out = tmp_path / "short"
+    record = train(tiny_config(corpus, schedule="stages", stages="64:1", budget_steps=3, evals=1), out,
+                   show_progress=False)  # fmt: skip
+    steps, _ = records(out)
+    assert {r["seq_len"] for r in steps} == {64}
+    assert (
+        record["val_loss_by_len"].keys() == {"64", "256"}
+        and record["val_loss"] == record["val_loss_by_len"]["256"]
+    )
 
 
 def test_llama_preset_trains_through_a_stage_change(corpus, tmp_path):
