@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from growlength.bench import DEFAULT_RUNS
 from growlength.errors import GrowLengthError
 
 
@@ -52,6 +53,18 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(train)
     train.set_defaults(run=_train)
+
+    bench = commands.add_parser("bench", help="GrowLength against fixed-length and peer recipes, same budget",
+                                argument_default=argparse.SUPPRESS)  # fmt: skip
+    bench.add_argument("--config", help="YAML file of train and bench keys (flags override it)")
+    bench.add_argument("--out", required=True, help="bench folder: one run folder per recipe, bench.json, PNGs")
+    bench.add_argument("--runs", help=f"comma-separated recipes (default {DEFAULT_RUNS}; also growlength-64)")
+    bench.add_argument("--repeats", help="run every recipe this many times, interleaved, seeds seed..seed+N-1")
+    bench.add_argument("--short-len", help="length of the fixed-short run (default 128)")
+    bench.add_argument("--extrapolate", help="lengths of the final eval (default short-len ... 2 x target)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_flags(bench)
+    bench.set_defaults(run=_bench)
 
     ev = commands.add_parser("eval", help="loss and perplexity at many lengths")
     ev.add_argument("--ckpt", required=True, help="a checkpoint folder, or a run folder (its newest checkpoint)")
@@ -116,6 +129,25 @@ def _train(args) -> int:
         f"done: step {record['step']}, {record['tokens']:,} tokens, {record['wall_s']:.0f} s training; "
         f"val loss {record['val_loss']:.4f} (by length {by_len})"
     )
+    return 0
+
+
+def _bench(args) -> int:
+    from growlength.bench import BENCH_FIELDS, BenchConfig, bench, format_table
+    from growlength.config import FIELDS, coerce, load_config, read_yaml
+
+    values = read_yaml(args.config) if getattr(args, "config", None) else {}
+    values.update({k: v for k, v in vars(args).items() if k in FIELDS or k in BENCH_FIELDS})
+    bench_values = {k: values.pop(k) for k in list(values) if k in BENCH_FIELDS}
+    try:
+        bench_cfg = BenchConfig(**{k: (int(v) if k in ("repeats", "short_len") else str(v))
+                                   for k, v in bench_values.items()})  # fmt: skip
+    except ValueError as e:
+        raise GrowLengthError(f"bad bench setting: {e}") from None
+    base = load_config(None, {k: coerce(k, v) for k, v in values.items()})
+    report = bench(base, bench_cfg, args.out, show_progress=not getattr(args, "quiet", False))
+    print(format_table(report))
+    print(f"wrote {Path(args.out) / 'bench.json'} and bench-*.png")
     return 0
 
 

@@ -1,9 +1,12 @@
-"""Figures: val loss against wall-clock seconds and against tokens, one line per run, stage changes marked."""
+"""Figures: val loss against wall-clock seconds and against tokens, one line per run, stage changes
+marked; and for a bench, tokens/s by length and loss by evaluation length."""
 
 import json
 from pathlib import Path
 
 from growlength.errors import GrowLengthError
+
+MAX_MARKED_STAGES = 8  # a ramp changes length every few steps: marking each would hide the curves
 
 
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
@@ -20,47 +23,98 @@ def stage_changes(train_records: list[dict]) -> list[dict]:
     return [r for prev, r in zip(train_records, train_records[1:]) if r["seq_len"] != prev["seq_len"]]
 
 
-def plot_runs(run_dirs: list[str | Path], out: str | Path, title: str | None = None) -> Path:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_runs(
+    run_dirs: list[str | Path],
+    out: str | Path,
+    *,
+    labels: list[str] | None = None,
+    title: str | None = None,
+    level: float | None = None,
+) -> Path:
+    """Val loss against training seconds and tokens; `level` draws a horizontal reference line."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for i, run_dir in enumerate(run_dirs):
+    labels = labels or [Path(d).name for d in run_dirs]
+    colors = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(labels))}
+    for run_dir, label in zip(run_dirs, labels):
         train, evals = read_metrics(run_dir)
-        color = f"C{i}"
+        changes = stage_changes(train)
+        first_of_label = labels.index(label) == list(run_dirs).index(run_dir)
         for ax, x in zip(axes, ("wall_s", "tokens")):
-            ax.plot(
-                [r[x] for r in evals],
-                [r["val_loss"] for r in evals],
-                "o-",
-                color=color,
-                ms=3,
-                label=Path(run_dir).name,
-            )
-            for change in stage_changes(train):
-                ax.axvline(change[x], color=color, ls=":", lw=0.8)
-                ax.annotate(
-                    str(change["seq_len"]),
-                    (change[x], 1.0),
-                    xycoords=("data", "axes fraction"),
-                    color=color,
-                    fontsize=7,
-                    ha="left",
-                    va="top",
-                    rotation=90,
-                )
-    axes[0].set_xlabel("training time (s)")
-    axes[1].set_xlabel("tokens")
-    axes[0].set_ylabel("val loss at the target length")
-    for ax in axes:
+            ax.plot([r[x] for r in evals], [r["val_loss"] for r in evals], "o-", ms=2.5, lw=1.2,
+                    color=colors[label], label=label if first_of_label else None)  # fmt: skip
+            for change in changes if len(changes) < MAX_MARKED_STAGES else []:
+                ax.axvline(change[x], color=colors[label], ls=":", lw=0.8)
+                ax.annotate(str(change["seq_len"]), (change[x], 1.0), xycoords=("data", "axes fraction"),
+                            color=colors[label], fontsize=7, ha="left", va="top", rotation=90)  # fmt: skip
+    for ax, xlabel in zip(axes, ("training time (s)", "tokens trained")):
+        if level is not None:
+            ax.axhline(level, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
+    axes[0].set_ylabel("val loss at the target length")
     axes[0].legend()
+    _zoom(axes[0], run_dirs)
     fig.suptitle(title or "val loss (dotted lines: stage changes, labelled with the new seq_len)")
-    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _zoom(ax, run_dirs) -> None:
+    """Leave out the untrained model's loss so the differences that matter are visible."""
+    tails = [e["val_loss"] for d in run_dirs for e in read_metrics(d)[1][1:]]
+    if tails:
+        low, high = min(tails), max(tails)
+        ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.05 * (high - low + 1e-9))
+
+
+def plot_bench(out: Path, report: dict) -> list[Path]:
+    """bench-loss.png, bench-throughput.png and bench-extrapolation.png in `out`."""
+    from growlength.bench import run_dir
+
+    names = list(report["runs"])
+    dirs = [run_dir(out, n, r) for r in range(report["repeats"]) for n in names]
+    labels = [n for _ in range(report["repeats"]) for n in names]
+    baseline = report["runs"][report["baseline"]]["final_val_loss"]
+    budget = {k: v for k, v in report["budget"].items() if v}
+    title = (
+        f"{report['model']}, target {report['target_len']}, budget {budget}: val loss (dashed: baseline's final)"
+    )
+    paths = [plot_runs(dirs, out / "bench-loss.png", labels=labels, title=title, level=baseline)]
+    paths.append(_plot_by_len(report, "tokens_per_s_by_len", "training tokens/s", out / "bench-throughput.png"))
+    paths.append(_plot_by_len(report, "val_loss_by_len", "final val loss", out / "bench-extrapolation.png"))
+    return paths
+
+
+def _plot_by_len(report: dict, key: str, ylabel: str, out: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, run) in enumerate(report["runs"].items()):
+        points = sorted((int(k), v) for k, v in run[key].items())
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3, color=f"C{i}", label=name)
+    ax.axvline(report["target_len"], color="grey", ls="--", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length (dashed: the target)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
     fig.savefig(out, dpi=120)
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
     return out

@@ -88,11 +88,20 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, sho
     return last_eval
 
 
-def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
-    cfg = _resolve_config(cfg, out, resume)
-    device = _device(cfg.device)
-    world = dist.init(device.type)
-    data = open_tokens(_data_path(cfg, world))
+@dataclass(frozen=True)
+class Plan:
+    """What a config resolves to once checked: the data, schedule, budget, model config, step shapes."""
+
+    data: TokenData
+    schedule: LengthSchedule
+    budget: Budget
+    model_cfg: object
+    shapes: list[StepShape]
+
+
+def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
+    """Every check bad input can fail, before any work starts; raises GrowLengthError with the fix."""
+    data = open_tokens(data_path)
     schedule = make_schedule(
         cfg.schedule,
         start_len=cfg.start_len,
@@ -115,11 +124,21 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         tokens_per_step=cfg.tokens_per_step,
         target_len=cfg.target_len,
         micro_batch_tokens=cfg.micro_batch_tokens,
-        world_size=world.size,
+        world_size=world_size,
         batch_policy=cfg.batch_policy,
     )
     _check_corpus(data, max(shapes, key=lambda s: (s.consumed, s.seq_len)), cfg.target_len)
-    model = build_model(model_cfg, cfg.seed).to(device)
+    return Plan(data, schedule, budget, model_cfg, shapes)
+
+
+def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
+    cfg = _resolve_config(cfg, out, resume)
+    device = _device(cfg.device)
+    world = dist.init(device.type)
+    plan = preflight(cfg, _data_path(cfg, world), world.size)
+    data, schedule, budget, shapes = plan.data, plan.schedule, plan.budget, plan.shapes
+    _make_out_dir(out)
+    model = build_model(plan.model_cfg, cfg.seed).to(device)
     optimizer = _optimizer(model, cfg)
     loader = Loader(
         data.train, seed=cfg.seed, block_tokens=cfg.block_tokens, rank=world.rank, world_size=world.size
@@ -128,9 +147,11 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     if world.is_main:
         save_config(cfg, out / "config.yaml")
         _trim_metrics(out / "metrics.jsonl", progress.step)
+        lengths = [s.seq_len for s in shapes]
+        shown = lengths if len(lengths) <= 8 else f"{lengths[0]}..{lengths[-1]} ({len(lengths)} lengths)"
         print(
             f"model {cfg.model}: {count_params(model) / 1e6:.2f}M parameters on {device}; schedule "
-            f"{cfg.schedule} {[s.seq_len for s in shapes]}; budget {budget.total:g} {budget.unit}"
+            f"{cfg.schedule} {shown}; budget {budget.total:g} {budget.unit}"
         )
     model = dist.wrap(model, world, device)
     shape_by_len = {s.seq_len: s for s in shapes}
@@ -341,6 +362,10 @@ def _resolve_config(cfg: TrainConfig | None, out: Path, resume: bool) -> TrainCo
         cfg = saved
     if cfg is None:
         raise GrowLengthError(f"nothing to resume in {out}: it holds no config.yaml")
+    return cfg
+
+
+def _make_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -348,7 +373,6 @@ def _resolve_config(cfg: TrainConfig | None, out: Path, resume: bool) -> TrainCo
         probe.unlink()
     except OSError as e:
         raise GrowLengthError(f"cannot write to {out}: {e.strerror}; choose another --out") from None
-    return cfg
 
 
 def _data_path(cfg: TrainConfig, world: dist.World) -> Path:
