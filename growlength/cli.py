@@ -66,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flags(bench)
     bench.set_defaults(run=_bench)
 
+    prof = commands.add_parser("profile", help="tokens/s and memory per length, against a FLOP count",
+                               argument_default=argparse.SUPPRESS)  # fmt: skip
+    prof.add_argument("--config", help="YAML file of config keys (flags override it)")
+    prof.add_argument("--lengths", help="comma-separated lengths (default: doubling from start-len to target-len)")
+    prof.add_argument("--rounds", help="timed steps per length (default 5)")
+    prof.add_argument("--out", help="JSON file to write (default: print only)")
+    prof.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(prof)
+    prof.set_defaults(run=_profile)
+
     ev = commands.add_parser("eval", help="loss and perplexity at many lengths")
     ev.add_argument("--ckpt", required=True, help="a checkpoint folder, or a run folder (its newest checkpoint)")
     ev.add_argument("--lengths", default="128,256,512,1024,2048", help="comma-separated lengths")
@@ -151,15 +161,39 @@ def _bench(args) -> int:
     return 0
 
 
+def _profile(args) -> int:
+    from growlength.config import FIELDS, load_config
+    from growlength.profile import format_profile, profile
+    from growlength.schedule import doubling_lengths
+
+    cfg = load_config(getattr(args, "config", None), {k: v for k, v in vars(args).items() if k in FIELDS})
+    given = getattr(args, "lengths", None)
+    lengths = _int_list(given, "--lengths") if given else list(doubling_lengths(cfg.start_len, cfg.target_len))
+    if max(lengths) != cfg.target_len:
+        raise GrowLengthError(f"--lengths must end at the target length {cfg.target_len}, got {lengths}")
+    rounds = int(getattr(args, "rounds", 5))
+    report = profile(cfg, lengths, rounds=rounds, show_progress=not getattr(args, "quiet", False))
+    print(format_profile(report))
+    if getattr(args, "out", None):
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise GrowLengthError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 2:
+        raise GrowLengthError(f"{flag} must be integers of at least 2, got {text!r}")
+    return values
+
+
 def _eval(args) -> int:
     from growlength.evaluate import evaluate_checkpoint
 
-    try:
-        lengths = sorted({int(x) for x in args.lengths.split(",") if x.strip()})
-    except ValueError:
-        raise GrowLengthError(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
-    if not lengths or min(lengths) < 2:
-        raise GrowLengthError(f"--lengths must be integers of at least 2, got {args.lengths!r}")
+    lengths = _int_list(args.lengths, "--lengths")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         report = evaluate_checkpoint(

@@ -1,0 +1,185 @@
+"""Measure what GrowLength can save on this hardware, before training: tokens/s and peak memory at each
+length with constant tokens per step, beside the speed ratio a FLOP count predicts. It also measures
+the machinery itself: the training step against a bare loop over the same model and batch shape, the
+loader's speed, the first step at a new length (a stage change) and a checkpoint write.
+
+Steps at the different lengths are interleaved (one step at each length, round after round, in
+alternating order), so a slow spell of a shared machine lands on every length alike.
+"""
+
+import contextlib
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from growlength.config import TrainConfig
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x the parameters that multiply (all but the input embedding lookup;
+    the LM head counts even when tied) plus the attention term 12 x layers x width x seq_len
+    (the PaLM paper's appendix B count, without halving for the causal mask)."""
+    config = model.config
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    matmul = sum(p.numel() for p in model.parameters()) - embedding.numel()
+    if head is embedding:
+        matmul += head.numel()
+    return 6.0 * matmul + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progress: bool = True) -> dict:
+    """Per-length throughput, memory and FLOP prediction; loop overhead; stage-change and checkpoint cost."""
+    from tqdm.auto import tqdm
+
+    from growlength.checkpoint import save_checkpoint
+    from growlength.train import advance, log_step, setup, train_step
+
+    values = {**cfg.to_dict(), "schedule": "stages", "stages": _stages(lengths), "batch_policy": "tokens"}
+    with tempfile.TemporaryDirectory(prefix="growlength-profile-") as tmp:
+        run = setup(TrainConfig(**values), Path(tmp) / "run", resume=False)
+        shapes = [run.shapes[n] for n in lengths]
+        ours: dict[int, list[float]] = {n: [] for n in lengths}
+        bare: dict[int, list[float]] = {n: [] for n in lengths}
+        peak: dict[int, float] = {}
+        first: dict[int, float] = {}
+        bar = tqdm(total=(rounds + 1) * len(shapes), desc="profile", unit="step", disable=not show_progress)
+        for r in range(rounds + 1):
+            for shape in shapes if r % 2 == 0 else shapes[::-1]:
+                _reset_peak(run.device)
+                started = time.perf_counter()
+                loss = train_step(run, shape)
+                advance(run.progress, shape, time.perf_counter() - started)
+                log_step(run, shape, loss, 0.0, run.progress.last_step_s)
+                elapsed = _sync_time(run.device, started)
+                peak[shape.seq_len] = max(peak.get(shape.seq_len, 0.0), _peak_mb(run.device))
+                bare_s = _bare_step(run, shape)
+                bar.update()
+                if r == 0:  # round 0 meets each length for the first time, as a stage change does
+                    first[shape.seq_len] = elapsed
+                    continue
+                ours[shape.seq_len].append(elapsed)
+                bare[shape.seq_len].append(bare_s)
+        bar.close()
+        started = time.perf_counter()
+        save_checkpoint(run.out, step=1, model=run.model, optimizer=run.optimizer, state={}, keep=1)
+        checkpoint_s = time.perf_counter() - started
+        loader_tps = _loader_tokens_per_s(run, shapes[0])
+    return _report(run.model, shapes, ours, bare, peak, first, checkpoint_s, loader_tps, run.device)
+
+
+def _stages(lengths: list[int]) -> str:
+    share = 1.0 / len(lengths)
+    shares = [round(share, 12)] * (len(lengths) - 1)
+    return ",".join(f"{n}:{s}" for n, s in zip(lengths, [*shares, 1.0 - sum(shares)]))
+
+
+def _bare_step(run, shape) -> float:
+    """The same model, batch shape and optimizer with nothing else: the floor our step is held to."""
+    model, device = run.model, run.device
+    x = torch.randint(0, model.config.vocab_size, (shape.rows, shape.seq_len + 1), device=device)
+    started = time.perf_counter()
+    for micro in range(shape.accum):
+        rows = x[micro * shape.micro_rows : (micro + 1) * shape.micro_rows]
+        with run.autocast():
+            logits = model(input_ids=rows[:, :-1]).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten()) * len(rows) / len(x)
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), run.cfg.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return _sync_time(device, started)
+
+
+def _loader_tokens_per_s(run, shape, seconds: float = 1.0) -> float:
+    started, tokens = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        run.loader.next_batch(shape.seq_len, shape.rows)
+        tokens += shape.tokens
+    return tokens / (time.perf_counter() - started)
+
+
+def _sync_time(device, started: float) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def _reset_peak(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with contextlib.suppress(OSError):  # Linux: 5 in clear_refs resets the peak resident size (VmHWM)
+            Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def _report(model, shapes, ours, bare, peak, first, checkpoint_s, loader_tps, device) -> dict:
+    target = shapes[-1]
+    speed = {s.seq_len: s.tokens / statistics.median(ours[s.seq_len]) for s in shapes}
+    flops = {s.seq_len: flops_per_token(model, s.seq_len) for s in shapes}
+    rows = []
+    for s in shapes:
+        median_s = statistics.median(ours[s.seq_len])
+        rows.append({
+            "seq_len": s.seq_len,
+            "rows": s.rows,
+            "accum": s.accum,
+            "step_s": median_s,
+            "tokens_per_s": speed[s.seq_len],
+            "measured_speedup": speed[s.seq_len] / speed[target.seq_len],
+            "flops_speedup": flops[target.seq_len] / flops[s.seq_len],
+            "peak_mb": peak[s.seq_len],
+            "overhead_vs_bare": median_s / statistics.median(bare[s.seq_len]) - 1.0,
+            "stage_change_vs_step": None if s is shapes[0] else first[s.seq_len] / median_s,
+        })  # fmt: skip
+    equal_time = statistics.fmean(speed.values()) / speed[target.seq_len]
+    flops_equal_time = statistics.fmean(flops[target.seq_len] / f for f in flops.values())
+    return {
+        "device": str(device),
+        "tokens_per_step": target.tokens,
+        "lengths": rows,
+        "doubling_equal_time_token_gain": equal_time,
+        "doubling_equal_time_token_gain_flops": flops_equal_time,
+        "loader_tokens_per_s": loader_tps,
+        "loader_vs_model_at_shortest": loader_tps / speed[shapes[0].seq_len],
+        "checkpoint_s": checkpoint_s,
+        "peak_mb_above_target": max(r["peak_mb"] for r in rows) - peak[target.seq_len],
+    }
+
+
+def format_profile(report: dict) -> str:
+    lines = [
+        "| seq_len | rows | tokens/s | speed vs target | FLOPs predict | peak MB | step vs bare loop "
+        "| first step at this length |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["lengths"]:
+        change = r["stage_change_vs_step"]
+        lines.append(
+            f"| {r['seq_len']} | {r['rows']} | {r['tokens_per_s']:,.0f} | {r['measured_speedup']:.2f}x "
+            f"| {r['flops_speedup']:.2f}x | {r['peak_mb']:,.0f} | {r['overhead_vs_bare']:+.1%} "
+            f"| {'—' if change is None else f'{change:.2f}x a step'} |"
+        )
+    lines.append(
+        f"\nA doubling schedule with equal time per stage trains {report['doubling_equal_time_token_gain']:.2f}x "
+        f"the tokens of fixed-length training at the target in the same time (FLOPs predict "
+        f"{report['doubling_equal_time_token_gain_flops']:.2f}x). Loader: {report['loader_tokens_per_s']:,.0f} "
+        f"tokens/s, {report['loader_vs_model_at_shortest']:,.0f}x the model's speed at the shortest length. "
+        f"Checkpoint write: {report['checkpoint_s']:.2f} s."
+    )
+    return "\n".join(lines)
