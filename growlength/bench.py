@@ -69,6 +69,23 @@ class BenchConfig:
 BENCH_FIELDS = {f.name for f in dataclasses.fields(BenchConfig)}
 
 
+def load_bench_config(path: str | Path | None, overrides: dict) -> tuple[TrainConfig, BenchConfig]:
+    """A YAML file (and flags on top) holding train keys and bench keys, split and checked."""
+    from growlength.config import coerce, load_config, read_yaml
+
+    values = {**(read_yaml(path) if path else {}), **overrides}
+    bench_values = {k: values.pop(k) for k in list(values) if k in BENCH_FIELDS}
+    try:
+        typed = {k: int(v) if k in ("repeats", "short_len") else str(v) for k, v in bench_values.items()}
+    except ValueError as e:
+        raise GrowLengthError(f"bad bench setting: {e}") from None
+    bench_cfg = BenchConfig(**typed)
+    if bench_cfg.repeats < 1:
+        raise GrowLengthError(f"repeats must be at least 1, got {bench_cfg.repeats}")
+    bench_cfg.run_names()
+    return load_config(None, {k: coerce(k, v) for k, v in values.items()}), bench_cfg
+
+
 def run_config(base: TrainConfig, name: str, repeat: int, bench: BenchConfig) -> TrainConfig:
     values = base.to_dict()
     values.update(recipe(name, short_len=bench.short_len, start_len=base.start_len))

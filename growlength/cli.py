@@ -54,8 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     train.set_defaults(run=_train)
 
-    bench = commands.add_parser("bench", help="GrowLength against fixed-length and peer recipes, same budget",
-                                argument_default=argparse.SUPPRESS)  # fmt: skip
+    bench = commands.add_parser(
+        "bench",
+        help="GrowLength against fixed-length and peer recipes, same budget",
+        argument_default=argparse.SUPPRESS,
+    )
     bench.add_argument("--config", help="YAML file of train and bench keys (flags override it)")
     bench.add_argument("--out", required=True, help="bench folder: one run folder per recipe, bench.json, PNGs")
     bench.add_argument("--runs", help=f"comma-separated recipes (default {DEFAULT_RUNS}; also growlength-64)")
@@ -66,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flags(bench)
     bench.set_defaults(run=_bench)
 
-    prof = commands.add_parser("profile", help="tokens/s and memory per length, against a FLOP count",
-                               argument_default=argparse.SUPPRESS)  # fmt: skip
+    prof = commands.add_parser(
+        "profile", help="tokens/s and memory per length, against a FLOP count", argument_default=argparse.SUPPRESS
+    )
     prof.add_argument("--config", help="YAML file of config keys (flags override it)")
     prof.add_argument("--lengths", help="comma-separated lengths (default: doubling from start-len to target-len)")
     prof.add_argument("--rounds", help="timed steps per length (default 5)")
@@ -143,18 +147,11 @@ def _train(args) -> int:
 
 
 def _bench(args) -> int:
-    from growlength.bench import BENCH_FIELDS, BenchConfig, bench, format_table
-    from growlength.config import FIELDS, coerce, load_config, read_yaml
+    from growlength.bench import BENCH_FIELDS, bench, format_table, load_bench_config
+    from growlength.config import FIELDS
 
-    values = read_yaml(args.config) if getattr(args, "config", None) else {}
-    values.update({k: v for k, v in vars(args).items() if k in FIELDS or k in BENCH_FIELDS})
-    bench_values = {k: values.pop(k) for k in list(values) if k in BENCH_FIELDS}
-    try:
-        bench_cfg = BenchConfig(**{k: (int(v) if k in ("repeats", "short_len") else str(v))
-                                   for k, v in bench_values.items()})  # fmt: skip
-    except ValueError as e:
-        raise GrowLengthError(f"bad bench setting: {e}") from None
-    base = load_config(None, {k: coerce(k, v) for k, v in values.items()})
+    overrides = {k: v for k, v in vars(args).items() if k in FIELDS or k in BENCH_FIELDS}
+    base, bench_cfg = load_bench_config(getattr(args, "config", None), overrides)
     report = bench(base, bench_cfg, args.out, show_progress=not getattr(args, "quiet", False))
     print(format_table(report))
     print(f"wrote {Path(args.out) / 'bench.json'} and bench-*.png")

@@ -50,12 +50,27 @@ def plot_runs(
         changes = stage_changes(train)
         first_of_label = labels.index(label) == list(run_dirs).index(run_dir)
         for ax, x in zip(axes, ("wall_s", "tokens")):
-            ax.plot([r[x] for r in evals], [r["val_loss"] for r in evals], "o-", ms=2.5, lw=1.2,
-                    color=colors[label], label=label if first_of_label else None)  # fmt: skip
+            ax.plot(
+                [r[x] for r in evals],
+                [r["val_loss"] for r in evals],
+                "o-",
+                ms=2.5,
+                lw=1.2,
+                color=colors[label],
+                label=label if first_of_label else None,
+            )
             for change in changes if len(changes) < MAX_MARKED_STAGES else []:
                 ax.axvline(change[x], color=colors[label], ls=":", lw=0.8)
-                ax.annotate(str(change["seq_len"]), (change[x], 1.0), xycoords=("data", "axes fraction"),
-                            color=colors[label], fontsize=7, ha="left", va="top", rotation=90)  # fmt: skip
+                ax.annotate(
+                    str(change["seq_len"]),
+                    (change[x], 1.0),
+                    xycoords=("data", "axes fraction"),
+                    color=colors[label],
+                    fontsize=7,
+                    ha="left",
+                    va="top",
+                    rotation=90,
+                )
     for ax, xlabel in zip(axes, ("training time (s)", "tokens trained")):
         if level is not None:
             ax.axhline(level, color="grey", ls="--", lw=0.8)

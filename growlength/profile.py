@@ -135,18 +135,20 @@ def _report(model, shapes, ours, bare, peak, first, checkpoint_s, loader_tps, de
     rows = []
     for s in shapes:
         median_s = statistics.median(ours[s.seq_len])
-        rows.append({
-            "seq_len": s.seq_len,
-            "rows": s.rows,
-            "accum": s.accum,
-            "step_s": median_s,
-            "tokens_per_s": speed[s.seq_len],
-            "measured_speedup": speed[s.seq_len] / speed[target.seq_len],
-            "flops_speedup": flops[target.seq_len] / flops[s.seq_len],
-            "peak_mb": peak[s.seq_len],
-            "overhead_vs_bare": median_s / statistics.median(bare[s.seq_len]) - 1.0,
-            "stage_change_vs_step": None if s is shapes[0] else first[s.seq_len] / median_s,
-        })  # fmt: skip
+        rows.append(
+            {
+                "seq_len": s.seq_len,
+                "rows": s.rows,
+                "accum": s.accum,
+                "step_s": median_s,
+                "tokens_per_s": speed[s.seq_len],
+                "measured_speedup": speed[s.seq_len] / speed[target.seq_len],
+                "flops_speedup": flops[target.seq_len] / flops[s.seq_len],
+                "peak_mb": peak[s.seq_len],
+                "overhead_vs_bare": median_s / statistics.median(bare[s.seq_len]) - 1.0,
+                "stage_change_vs_step": None if s is shapes[0] else first[s.seq_len] / median_s,
+            }
+        )
     equal_time = statistics.fmean(speed.values()) / speed[target.seq_len]
     flops_equal_time = statistics.fmean(flops[target.seq_len] / f for f in flops.values())
     return {

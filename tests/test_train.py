@@ -101,8 +101,9 @@ def test_truncate_and_reshape_baselines(corpus, tmp_path):
 
 def test_short_fixed_run_is_evaluated_at_the_target(corpus, tmp_path):
     out = tmp_path / "short"
-    record = train(tiny_config(corpus, schedule="stages", stages="64:1", budget_steps=3, evals=1), out,
-                   show_progress=False)  # fmt: skip
+    record = train(
+        tiny_config(corpus, schedule="stages", stages="64:1", budget_steps=3, evals=1), out, show_progress=False
+    )
     steps, _ = records(out)
     assert {r["seq_len"] for r in steps} == {64}
     assert (
