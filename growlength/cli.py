@@ -159,11 +159,14 @@ def _bench(args) -> int:
 
 
 def _profile(args) -> int:
-    from growlength.config import FIELDS, load_config
+    from growlength.bench import load_bench_config
+    from growlength.config import FIELDS
     from growlength.profile import format_profile, profile
     from growlength.schedule import doubling_lengths
 
-    cfg = load_config(getattr(args, "config", None), {k: v for k, v in vars(args).items() if k in FIELDS})
+    # a bench config works too: its train keys are used, its bench keys ignored
+    overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
+    cfg, _ = load_bench_config(getattr(args, "config", None), overrides)
     given = getattr(args, "lengths", None)
     lengths = _int_list(given, "--lengths") if given else list(doubling_lengths(cfg.start_len, cfg.target_len))
     if max(lengths) != cfg.target_len:

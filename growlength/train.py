@@ -54,7 +54,6 @@ class Run:
     device: torch.device
     world: dist.World
     progress: Progress
-    started: float = field(default_factory=time.perf_counter)
     last_eval: dict = field(default_factory=dict)
 
     def autocast(self):

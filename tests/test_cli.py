@@ -231,10 +231,8 @@ def test_resume_without_changes_finishes_a_finished_run(trained, capsys):
 def test_every_shipped_config_parses(tmp_path):
     from pathlib import Path
 
-    from growlength.config import TrainConfig, load_config
-
     from growlength.bench import BENCH_FIELDS, load_bench_config
-    from growlength.config import read_yaml
+    from growlength.config import TrainConfig, load_config, read_yaml
 
     configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     assert len(configs) >= 3

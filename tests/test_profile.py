@@ -1,0 +1,29 @@
+import pytest
+from conftest import tiny_config
+
+from growlength.models import build_model, count_params, model_config
+from growlength.profile import flops_per_token, format_profile, profile
+
+
+def test_flops_per_token_counts_the_matmuls_and_the_attention_term():
+    untied = build_model(model_config("tiny", vocab_size=512, eos_id=0), 0)  # GPT-NeoX: h64, 2 layers
+    embedding = 512 * 64
+    expected = 6 * (count_params(untied) - embedding) + 12 * 2 * 64 * 256
+    assert flops_per_token(untied, 256) == expected
+    tied = build_model(model_config("llama-tiny", vocab_size=512, eos_id=0), 0)  # the head is the embedding
+    assert flops_per_token(tied, 256) == 6 * count_params(tied) + 12 * 2 * 64 * 256
+
+
+def test_profile_reports_every_length_against_the_target(corpus):
+    report = profile(tiny_config(corpus), [64, 128, 256], rounds=1, show_progress=False)
+    rows = report["lengths"]
+    assert [r["seq_len"] for r in rows] == [64, 128, 256]
+    assert [r["rows"] for r in rows] == [32, 16, 8]  # constant tokens per step
+    assert rows[-1]["measured_speedup"] == pytest.approx(1.0)
+    assert rows[0]["flops_speedup"] > rows[1]["flops_speedup"] > rows[2]["flops_speedup"] == 1.0
+    assert rows[0]["stage_change_vs_step"] is None and rows[1]["stage_change_vs_step"] > 0
+    assert report["loader_vs_model_at_shortest"] > 1
+    gain = sum(r["tokens_per_s"] for r in rows) / 3 / rows[-1]["tokens_per_s"]
+    assert report["doubling_equal_time_token_gain"] == pytest.approx(gain)
+    table = format_profile(report)
+    assert table.count("\n| ") == 3  # one row per length and "tokens of fixed-length training" in table
