@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from growlength.config import TrainConfig
+from growlength.config import TrainConfig, coerce, load_config, read_yaml
 from growlength.errors import GrowLengthError
 
 BASELINE = "fixed-target"
@@ -74,8 +74,6 @@ BENCH_FIELDS = {f.name for f in dataclasses.fields(BenchConfig)}
 
 def load_bench_config(path: str | Path | None, overrides: dict) -> tuple[TrainConfig, BenchConfig]:
     """A YAML file (and flags on top) holding train keys and bench keys, split and checked."""
-    from growlength.config import coerce, load_config, read_yaml
-
     values = {**(read_yaml(path) if path else {}), **overrides}
     bench_values = {k: values.pop(k) for k in list(values) if k in BENCH_FIELDS}
     try:
@@ -136,11 +134,8 @@ def _check_all(configs: dict, out: Path) -> None:
         except GrowLengthError as e:
             raise GrowLengthError(f"bench run {name}: {e}") from None
         saved = run_dir(out, name, r) / "config.yaml"
-        if saved.is_file():
-            from growlength.config import load_config
-
-            if load_config(saved) != cfg:
-                raise GrowLengthError(f"{out} holds a bench with another config ({name}): use a new --out")
+        if saved.is_file() and load_config(saved) != cfg:
+            raise GrowLengthError(f"{out} holds a bench with another config ({name}): use a new --out")
 
 
 def _eval_tokens(cfg: TrainConfig, lengths: list[int]) -> int:

@@ -105,10 +105,16 @@ def load_model_weights(path: Path, model) -> None:
 
 
 def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore model, optimizer and RNG in place; return the saved state (step, tokens, loader, ...)."""
+    """Restore model, optimizer and RNG in place; return the saved state (step, tokens, loader, ...).
+    Files are read as data only (safetensors and JSON): anything else in the folder is never opened."""
     state = read_state(path)
-    load_model_weights(path, model)
-    tensors = load_file(str(path / "trainer.safetensors"))
+    try:
+        load_model_weights(path, model)
+        tensors = load_file(str(path / "trainer.safetensors"))
+    except Exception as e:  # safetensors raises its own error types for a file that is not safetensors
+        raise GrowLengthError(
+            f"checkpoint {path} does not hold safetensors files ({e}): refusing to load it"
+        ) from None
     device = next(model.parameters()).device
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state["param_groups"], device))
     torch.set_rng_state(tensors["rng.cpu"])

@@ -58,7 +58,7 @@ def evaluate_checkpoint(
 
     from growlength.checkpoint import load_model_weights, read_state, resolve_checkpoint
     from growlength.errors import GrowLengthError
-    from growlength.models import max_positions
+    from growlength.models import flush_denormals, max_positions
     from growlength.prepare import resolve_data
     from growlength.tokens import open_tokens
 
@@ -74,6 +74,8 @@ def evaluate_checkpoint(
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
     )
+    if dev.type == "cpu":
+        flush_denormals()
     model = AutoModelForCausalLM.from_config(model_cfg).to(dev)
     load_model_weights(path, model)
     autocast = (

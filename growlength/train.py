@@ -21,7 +21,7 @@ from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_check
 from growlength.config import TrainConfig, load_config, save_config
 from growlength.errors import GrowLengthError
 from growlength.evaluate import lm_loss, val_losses
-from growlength.models import build_model, check_fits, count_params, model_config
+from growlength.models import build_model, check_fits, count_params, flush_denormals, model_config
 from growlength.prepare import resolve_data
 from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at, make_schedule
 from growlength.tokens import Loader, TokenData, open_tokens
@@ -133,6 +133,8 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
 def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     cfg = _resolve_config(cfg, out, resume)
     device = _device(cfg.device)
+    if device.type == "cpu":
+        flush_denormals()
     world = dist.init(device.type)
     plan = preflight(cfg, _data_path(cfg, world), world.size)
     data, schedule, budget, shapes = plan.data, plan.schedule, plan.budget, plan.shapes

@@ -1,0 +1,134 @@
+"""Nothing lost: a run killed at any moment resumes as if never stopped; damaged or booby-trapped
+checkpoints are never trusted."""
+
+import hashlib
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from growlength.checkpoint import list_checkpoints, read_state
+from growlength.config import save_config
+from growlength.errors import GrowLengthError
+from growlength.train import train
+
+
+def losses(run_dir):
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["seq_len"], r["loss"]) for r in lines if "loss" in r]
+
+
+def launch(config_path, out, resume):
+    args = [
+        sys.executable,
+        "-m",
+        "growlength",
+        "train",
+        "--config",
+        str(config_path),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        args + (["--resume"] if resume else []),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_losses(corpus, tmp_path):
+    cfg = tiny_config(corpus, budget_steps=240, evals=1, eval_every_tokens=12 * 2048, eval_tokens=1024)
+    whole = tmp_path / "whole"
+    train(cfg, whole, show_progress=False)
+    config_path = tmp_path / "config.yaml"
+    save_config(cfg, config_path)
+    killed, out, rng = 0, tmp_path / "killed", random.Random(0)
+    while killed < 3:
+        proc = launch(config_path, out, resume=(out / "config.yaml").is_file())
+        time.sleep(rng.uniform(3.5, 7.0))  # python and torch take ~3 s to start; the run ~15 s more
+        if proc.poll() is not None:
+            break  # it finished before the kill: the remaining kills would find nothing to do
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed += 1
+    assert killed >= 1, "the run finished before the first kill: the test proved nothing"
+    proc = launch(config_path, out, resume=True)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    assert losses(out) == losses(whole)  # every step, every loss, bit for bit
+    assert read_state(list_checkpoints(out)[-1])["loader"] == read_state(list_checkpoints(whole)[-1])["loader"]
+
+
+@pytest.fixture
+def finished(corpus, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(corpus, budget_steps=12, evals=3, eval_tokens=1024), out, show_progress=False)
+    return out
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(finished, recwarn, capsys):
+    newest = list_checkpoints(finished)[-1]
+    weights = newest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    before = losses(finished)
+    train(None, finished, resume=True, show_progress=False)
+    assert "resuming from" in capsys.readouterr().out and "step_00000008" in str(list_checkpoints(finished))
+    assert any("does not match its checksum" in str(w.message) for w in recwarn)
+    assert losses(finished) == before  # steps 9..12 were trained again, to the same losses
+
+
+class Booby:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path("/tmp/growlength-booby-trap-ran")
+
+
+def test_a_booby_trapped_pickle_in_a_checkpoint_is_refused(finished):
+    MARKER.unlink(missing_ok=True)
+    newest = list_checkpoints(finished)[-1]
+    payload = pickle.dumps(Booby())
+    (newest / "optimizer.pt").write_bytes(payload)  # never opened: only safetensors and JSON are read
+    (newest / "trainer.safetensors").write_bytes(payload)
+    state = json.loads((newest / "state.json").read_text())
+    state["sha256"]["trainer.safetensors"] = hashlib.sha256(payload).hexdigest()  # even with a valid checksum
+    (newest / "state.json").write_text(json.dumps(state))
+    with pytest.raises(GrowLengthError, match="refusing to load it"):
+        train(None, finished, resume=True, show_progress=False)
+    assert not MARKER.exists()
+
+
+def test_a_non_finite_loss_stops_the_run_with_the_last_good_checkpoint_intact(corpus, tmp_path, monkeypatch):
+    import growlength.train as loop
+
+    real, calls = loop.lm_loss, []
+
+    def poisoned(model, x, y):
+        loss = real(model, x, y)
+        if model.training:
+            calls.append(1)
+        return loss * float("nan") if len(calls) > 10 else loss  # from the 11th training step on
+
+    monkeypatch.setattr(loop, "lm_loss", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(GrowLengthError, match="the loss is nan at step"):
+        train(
+            tiny_config(corpus, budget_steps=16, eval_every_tokens=4 * 2048, eval_tokens=1024),
+            out,
+            show_progress=False,
+        )
+    assert [p.name for p in list_checkpoints(out)] == ["step_00000004", "step_00000008"]
