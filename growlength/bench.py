@@ -125,8 +125,8 @@ def bench(base: TrainConfig, bench_cfg: BenchConfig, out: str | Path, *, show_pr
 
 def _check_all(configs: dict, out: Path) -> None:
     """Every run's config is valid before the first one starts (setup's checks, without training)."""
+    from growlength.plan import preflight
     from growlength.prepare import resolve_data
-    from growlength.train import preflight
 
     for (name, r), cfg in configs.items():
         try:

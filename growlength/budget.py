@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from growlength.errors import GrowLengthError
+from growlength.schedule import round_up
 
 BATCH_POLICIES = ("tokens", "reshape", "rows", "truncate")
 
@@ -78,7 +79,7 @@ def _rows(seq_len: int, tokens_per_step: int, target_len: int, world_size: int, 
     if tokens_per_step % per_row:
         raise GrowLengthError(
             f"tokens_per_step {tokens_per_step} is not divisible by seq_len {per_row}: "
-            f"use a multiple of {per_row} (e.g. {_round_up(tokens_per_step, per_row)})"
+            f"use a multiple of {per_row} (e.g. {round_up(tokens_per_step, per_row)})"
         )
     return tokens_per_step // per_row
 
@@ -93,14 +94,10 @@ def check_lengths(lengths: tuple[int, ...], **shape_kwargs) -> list[StepShape]:
             bad.append(seq_len)
     if bad:
         tokens_per_step, world_size = shape_kwargs["tokens_per_step"], shape_kwargs.get("world_size", 1)
-        fits = _round_up(tokens_per_step, math.lcm(*lengths) * world_size)
+        fits = round_up(tokens_per_step, math.lcm(*lengths) * world_size)
         raise GrowLengthError(
             f"tokens_per_step {tokens_per_step} does not split into whole rows over {world_size} rank(s) "
             f"at seq_len {bad}: choose lengths that divide it, use tokens_per_step {fits}, "
             "or batch_policy reshape"
         )
     return [step_shape(seq_len, **shape_kwargs) for seq_len in lengths]
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple

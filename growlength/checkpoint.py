@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file, save_model
 
+from growlength.dist import unwrap
 from growlength.errors import GrowLengthError
 
 STATE = "state.json"
@@ -34,11 +35,11 @@ def save_checkpoint(out: Path, *, step: int, model, optimizer, state: dict, keep
     tmp = root / f".tmp-step_{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(_unwrap(model), str(tmp / "model.safetensors"))
+    save_model(unwrap(model), str(tmp / "model.safetensors"))
     tensors, groups = _flatten_optimizer(optimizer.state_dict())
     tensors.update(_rng_tensors())
     save_file(tensors, str(tmp / "trainer.safetensors"))
-    _unwrap(model).config.to_json_file(str(tmp / "config.json"))
+    unwrap(model).config.to_json_file(str(tmp / "config.json"))
     files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
     full_state = {**state, "step": step, "param_groups": groups, "sha256": files}
     (tmp / STATE).write_text(json.dumps(full_state, indent=1))
@@ -101,7 +102,7 @@ def read_state(path: Path) -> dict:
 def load_model_weights(path: Path, model) -> None:
     from safetensors.torch import load_model
 
-    load_model(_unwrap(model), str(path / "model.safetensors"), device=str(next(model.parameters()).device))
+    load_model(unwrap(model), str(path / "model.safetensors"), device=str(next(model.parameters()).device))
 
 
 def load_checkpoint(path: Path, model, optimizer) -> dict:
@@ -146,10 +147,6 @@ def _rng_tensors() -> dict:
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     return tensors
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)
 
 
 def _sha256(path: Path) -> str:

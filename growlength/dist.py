@@ -69,6 +69,11 @@ def wrap(model, world: World, device):
     return DistributedDataParallel(model, device_ids=ids)
 
 
+def unwrap(model):
+    """The model inside a DDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
 def no_sync(model, last_micro_step: bool):
     """Skip the gradient all-reduce on every micro-batch but the last of a step."""
     if last_micro_step or not hasattr(model, "no_sync"):

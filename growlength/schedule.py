@@ -75,7 +75,7 @@ class LengthSchedule:
     def all_lengths(self) -> tuple[int, ...]:
         """Every seq_len this schedule can return, shortest first (for up-front checks)."""
         if self.kind in ("linear", "root"):
-            inner = range(_round_up(self.start_len + 1, self.multiple), self.target_len, self.multiple)
+            inner = range(round_up(self.start_len + 1, self.multiple), self.target_len, self.multiple)
             return tuple(sorted({self.start_len, *inner, self.target_len}))
         return self.lengths
 
@@ -187,7 +187,8 @@ def _check_lengths(lengths: tuple[int, ...], *, allow_equal: bool) -> None:
             raise GrowLengthError(f"stage lengths must grow, got {list(lengths)}: GrowLength never shrinks")
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is at least `value`."""
     return -(-value // multiple) * multiple
 
 

@@ -7,7 +7,6 @@ loop:  progress -> seq_len and lr -> batch -> forward/backward over micro-batche
 
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -16,15 +15,15 @@ from pathlib import Path
 import torch
 
 from growlength import dist
-from growlength.budget import StepShape, check_lengths
+from growlength.budget import StepShape
 from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from growlength.config import TrainConfig, load_config, save_config
+from growlength.config import TrainConfig, save_config
 from growlength.errors import GrowLengthError
 from growlength.evaluate import lm_loss, val_losses
-from growlength.models import build_model, check_fits, count_params, flush_denormals, model_config
-from growlength.prepare import resolve_data
-from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at, make_schedule
-from growlength.tokens import Loader, TokenData, open_tokens
+from growlength.models import build_model, count_params, flush_denormals
+from growlength.plan import data_path, device_for, make_out_dir, preflight, resolve_config
+from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at
+from growlength.tokens import Loader, TokenData
 
 
 @dataclass
@@ -87,58 +86,16 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, sho
     return last_eval
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What a config resolves to once checked: the data, schedule, budget, model config, step shapes."""
-
-    data: TokenData
-    schedule: LengthSchedule
-    budget: Budget
-    model_cfg: object
-    shapes: list[StepShape]
-
-
-def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
-    """Every check bad input can fail, before any work starts; raises GrowLengthError with the fix."""
-    data = open_tokens(data_path)
-    schedule = make_schedule(
-        cfg.schedule,
-        start_len=cfg.start_len,
-        target_len=cfg.target_len,
-        stages=cfg.stages,
-        ramp=cfg.ramp,
-        multiple=cfg.multiple,
-        degree=cfg.degree,
-    )
-    budget = Budget(steps=cfg.budget_steps, tokens=cfg.budget_tokens, seconds=cfg.budget_seconds)
-    model_cfg = model_config(cfg.model, vocab_size=data.vocab_size, eos_id=int(data.meta["eos_id"]))
-    if schedule.max_len > cfg.target_len:
-        raise GrowLengthError(
-            f"the schedule reaches seq_len {schedule.max_len}, beyond target_len {cfg.target_len}: "
-            "raise target_len (the length the model is built for and evaluated at)"
-        )
-    check_fits(model_cfg, cfg.target_len)
-    shapes = check_lengths(
-        schedule.all_lengths(),
-        tokens_per_step=cfg.tokens_per_step,
-        target_len=cfg.target_len,
-        micro_batch_tokens=cfg.micro_batch_tokens,
-        world_size=world_size,
-        batch_policy=cfg.batch_policy,
-    )
-    _check_corpus(data, max(shapes, key=lambda s: (s.consumed, s.seq_len)), cfg.target_len)
-    return Plan(data, schedule, budget, model_cfg, shapes)
-
-
 def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
-    cfg = _resolve_config(cfg, out, resume)
-    device = _device(cfg.device)
+    """Everything the loop needs: checked plan, model, optimizer, loader, and the restored progress."""
+    cfg = resolve_config(cfg, out, resume)
+    device = device_for(cfg.device)
     if device.type == "cpu":
         flush_denormals()
     world = dist.init(device.type)
-    plan = preflight(cfg, _data_path(cfg, world), world.size)
+    plan = preflight(cfg, data_path(cfg, world), world.size)
     data, schedule, budget, shapes = plan.data, plan.schedule, plan.budget, plan.shapes
-    _make_out_dir(out)
+    make_out_dir(out)
     model = build_model(plan.model_cfg, cfg.seed).to(device)
     optimizer = _optimizer(model, cfg)
     loader = Loader(
@@ -242,7 +199,7 @@ def evaluate(run: Run) -> dict:
     p, cfg = run.progress, run.cfg
     started = time.perf_counter()
     by_len = val_losses(
-        _unwrap(run.model),
+        dist.unwrap(run.model),
         run.data.val,
         _eval_lengths(run),
         eval_tokens=cfg.eval_tokens,
@@ -345,59 +302,6 @@ def _update_bar(bar, run: Run, record: dict) -> None:
     )
 
 
-def _resolve_config(cfg: TrainConfig | None, out: Path, resume: bool) -> TrainConfig:
-    """The config to run: the given one for a new run; the saved one (which a given one must match)
-    when resuming."""
-    saved_path = out / "config.yaml"
-    has_run = saved_path.is_file() or (out / "checkpoints").is_dir()
-    if has_run and not resume:
-        raise GrowLengthError(f"{out} already holds a run: add --resume to continue it, or choose a new --out")
-    if resume and saved_path.is_file():
-        saved = load_config(saved_path)
-        if cfg is not None and cfg != saved:
-            diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
-            raise GrowLengthError(
-                f"{out} holds a run with a different config ({', '.join(diff)}): resume it "
-                "with no overrides, or train into a new --out"
-            )
-        cfg = saved
-    if cfg is None:
-        raise GrowLengthError(f"nothing to resume in {out}: it holds no config.yaml")
-    return cfg
-
-
-def _make_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise GrowLengthError(f"cannot write to {out}: {e.strerror}; choose another --out") from None
-
-
-def _data_path(cfg: TrainConfig, world: dist.World) -> Path:
-    """The prepared folder; the embedded corpus is prepared once, by rank 0, on first use."""
-    if world.is_main:
-        resolve_data(cfg.data, cfg.vocab_size)
-    dist.barrier()
-    return resolve_data(cfg.data, cfg.vocab_size)
-
-
-def _check_corpus(data: TokenData, biggest: StepShape, target_len: int) -> None:
-    """One step of the hungriest shape must fit in the train split, one target window in val."""
-    if len(data.train) < biggest.consumed + 1:
-        raise GrowLengthError(
-            f"the train split has {len(data.train)} tokens, fewer than one step at seq_len {biggest.seq_len} "
-            f"needs ({biggest.consumed + 1}): give more text or lower tokens_per_step"
-        )
-    if len(data.val) < target_len + 1:
-        raise GrowLengthError(
-            f"the val split has {len(data.val)} tokens, too few for one window of {target_len}: "
-            "prepare with a larger --val-fraction"
-        )
-
-
 def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; matrices decay, biases and norms do not."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -432,15 +336,3 @@ def _trim_metrics(path: Path, step: int) -> None:
         except (json.JSONDecodeError, KeyError):
             continue  # a line cut short by the crash
     path.write_text("".join(line + "\n" for line in keep))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GrowLengthError("device cuda asked for, but torch sees no GPU: use --device cpu")
-    return torch.device(name)
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)
