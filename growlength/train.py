@@ -7,6 +7,8 @@ loop:  progress -> seq_len and lr -> batch -> forward/backward over micro-batche
 
 import json
 import math
+import statistics
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -37,6 +39,7 @@ class Progress:
     evals: int = 0
     last_eval_step: int = -1
     seq_lens: list[int] = field(default_factory=list)
+    recent: list[tuple[int, float]] = field(default_factory=list)  # (seq_len, loss) of the last 5 steps
 
 
 @dataclass
@@ -264,9 +267,25 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
         "tokens_per_s": round(shape.tokens / max(step_s, 1e-9), 1),
         "stage": p.seq_lens.index(shape.seq_len) + 1,
     }
+    if p.recent and p.recent[-1][0] != shape.seq_len:
+        record.update(stage_change_record(loss, [recent_loss for _, recent_loss in p.recent]))
+        if record["spike"] and run.world.is_main:
+            print(
+                f"loss spike at the change to seq_len {shape.seq_len}: {record['loss_jump']:+.3f}", file=sys.stderr
+            )
+    p.recent = [*p.recent, (shape.seq_len, loss)][-5:]
     if run.world.is_main:
         _append_jsonl(run.out / "metrics.jsonl", record)
     return record
+
+
+def stage_change_record(loss: float, before: list[float]) -> dict:
+    """The first step at a new length: its loss against the last steps before the change. A spike is a
+    rise of more than 3 standard deviations of those steps (or any rise, with one step to compare)."""
+    mean = statistics.fmean(before)
+    noise = statistics.stdev(before) if len(before) > 1 else 0.0
+    jump = loss - mean
+    return {"stage_change": True, "loss_jump": jump, "spike": jump > 0 and jump > 3 * noise}
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

@@ -34,6 +34,16 @@ def test_trains_through_two_stage_changes_and_val_loss_falls(full_run):
     assert all(required <= r.keys() for r in steps)
 
 
+def test_stage_changes_are_logged_with_the_loss_jump(full_run):
+    steps, _ = records(full_run)
+    changes = [r for r in steps if r.get("stage_change")]
+    assert [r["step"] for r in changes] == [9, 17]
+    for change in changes:
+        before = [r["loss"] for r in steps if change["step"] - 5 <= r["step"] < change["step"]]
+        assert change["loss_jump"] == pytest.approx(change["loss"] - sum(before) / 5)
+        assert isinstance(change["spike"], bool)
+
+
 def test_tokens_per_step_are_constant_across_stages(full_run):
     steps, _ = records(full_run)
     tokens = [0] + [r["tokens"] for r in steps]
@@ -129,3 +139,12 @@ def test_time_budget_fills_the_stages(corpus, tmp_path):
     assert [r["seq_len"] for r in steps] == sorted(r["seq_len"] for r in steps)
     assert {r["seq_len"] for r in steps} == {64, 128, 256}
     assert evals[-1]["step"] == steps[-1]["step"]
+
+
+def test_stage_change_record_calls_a_spike_only_above_the_noise():
+    from growlength.train import stage_change_record
+
+    assert stage_change_record(5.0, [4.0, 4.0, 4.0]) == {"stage_change": True, "loss_jump": 1.0, "spike": True}
+    calm = stage_change_record(4.05, [4.0, 4.1, 3.9, 4.0, 4.05])
+    assert calm["loss_jump"] == pytest.approx(0.04) and not calm["spike"]
+    assert not stage_change_record(3.5, [4.0])["spike"]  # a drop is never a spike
