@@ -15,6 +15,11 @@ import torch.nn.functional as F
 from growlength.tokens import eval_windows
 
 
+def autocast_context(device):
+    """bf16 autocast on CUDA; on the CPU nothing (fp32)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def lm_loss(model, inputs_BT: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; the logits are upcast so bf16 runs lose no precision here."""
     logits_BTV = model(input_ids=inputs_BT, use_cache=False).logits
@@ -58,12 +63,14 @@ def evaluate_checkpoint(
 
     from growlength.checkpoint import load_model_weights, read_state, resolve_checkpoint
     from growlength.errors import GrowLengthError
-    from growlength.models import flush_denormals, max_positions
+    from growlength.models import max_positions
+    from growlength.plan import device_for
     from growlength.prepare import resolve_data
     from growlength.tokens import open_tokens
 
     path = resolve_checkpoint(ckpt)
-    cfg = read_state(path)["config"]
+    state = read_state(path)
+    cfg = state["config"]
     tokens = open_tokens(data or resolve_data(cfg["data"], cfg["vocab_size"]))
     eval_tokens = eval_tokens or max(cfg["eval_tokens"], max(lengths))
     model_cfg = AutoConfig.from_pretrained(str(path))
@@ -71,16 +78,9 @@ def evaluate_checkpoint(
         raise GrowLengthError(
             f"data {tokens.path} has {tokens.vocab_size} tokens, more than the model's {model_cfg.vocab_size}"
         )
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-    )
-    if dev.type == "cpu":
-        flush_denormals()
+    dev = device_for(device)
     model = AutoModelForCausalLM.from_config(model_cfg).to(dev)
     load_model_weights(path, model)
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
-    )
     losses = val_losses(
         model,
         tokens.val,
@@ -88,10 +88,10 @@ def evaluate_checkpoint(
         eval_tokens=eval_tokens,
         micro_batch_tokens=cfg["micro_batch_tokens"],
         device=dev,
-        autocast=autocast,
+        autocast=lambda: autocast_context(dev),
     )
     limit = max_positions(model_cfg)
-    trained = max(read_state(path)["progress"]["seq_lens"] or [0])
+    trained = max(state["progress"]["seq_lens"] or [0])
     rows = [
         {
             "seq_len": n,

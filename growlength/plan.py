@@ -11,7 +11,7 @@ from growlength import dist
 from growlength.budget import StepShape, check_lengths
 from growlength.config import TrainConfig, load_config
 from growlength.errors import GrowLengthError
-from growlength.models import check_fits, model_config
+from growlength.models import check_fits, flush_denormals, model_config
 from growlength.prepare import resolve_data
 from growlength.schedule import Budget, LengthSchedule, make_schedule
 from growlength.tokens import TokenData, open_tokens
@@ -114,8 +114,12 @@ def _check_corpus(data: TokenData, biggest: StepShape, target_len: int) -> None:
 
 
 def device_for(name: str) -> torch.device:
+    """The device for `auto`, `cpu` or `cuda`. On the CPU, subnormal floats are flushed to zero first
+    (see models.flush_denormals), before the first parallel op creates the worker threads."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise GrowLengthError("device cuda asked for, but torch sees no GPU: use --device cpu")
+    if name == "cpu":
+        flush_denormals()
     return torch.device(name)

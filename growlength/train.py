@@ -10,7 +10,6 @@ import math
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from growlength.budget import StepShape
 from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from growlength.config import TrainConfig, save_config
 from growlength.errors import GrowLengthError
-from growlength.evaluate import lm_loss, val_losses
-from growlength.models import build_model, count_params, flush_denormals
+from growlength.evaluate import autocast_context, lm_loss, val_losses
+from growlength.models import build_model, count_params
 from growlength.plan import data_path, device_for, make_out_dir, preflight, resolve_config
 from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at
 from growlength.tokens import Loader, TokenData
@@ -59,9 +58,7 @@ class Run:
     last_eval: dict = field(default_factory=dict)
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast_context(self.device)
 
 
 def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, show_progress: bool = True) -> dict:
@@ -93,8 +90,6 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     """Everything the loop needs: checked plan, model, optimizer, loader, and the restored progress."""
     cfg = resolve_config(cfg, out, resume)
     device = device_for(cfg.device)
-    if device.type == "cpu":
-        flush_denormals()
     world = dist.init(device.type)
     plan = preflight(cfg, data_path(cfg, world), world.size)
     data, schedule, budget, shapes = plan.data, plan.schedule, plan.budget, plan.shapes

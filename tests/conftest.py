@@ -39,3 +39,12 @@ def tiny_config(data: Path, **overrides):
     )
     values.update(overrides)
     return TrainConfig(**values)
+
+
+# Child processes of the CLI tests: no warnings noise on stderr, where the tests read the one error line.
+CHILD_ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def train_args(config_path, out, *extra) -> list[str]:
+    """`-m growlength train` arguments for a saved config, as a user would type them."""
+    return ["-m", "growlength", "train", "--config", str(config_path), "--out", str(out), "--quiet", *extra]

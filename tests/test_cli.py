@@ -1,13 +1,12 @@
 """The command line as a user meets it: real subprocesses for the error paths, in-process for the rest."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import CHILD_ENV, tiny_config
 
 from growlength.cli import main
 from growlength.config import save_config
@@ -29,12 +28,11 @@ TINY = [
 
 
 def growlength(*args, cwd=None):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
         [sys.executable, "-m", "growlength", *map(str, args)],
         capture_output=True,
         text=True,
-        env=env,
+        env=CHILD_ENV,
         cwd=cwd,
         timeout=300,
     )

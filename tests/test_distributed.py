@@ -1,12 +1,11 @@
 """torchrun with 2 processes on the CPU (gloo) trains exactly what 1 process trains with the same global batch."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config
+from conftest import CHILD_ENV, tiny_config, train_args
 
 from growlength.config import save_config
 from growlength.train import train
@@ -18,23 +17,9 @@ def losses(run_dir):
 
 
 def torchrun(config_path, out, nproc, *extra):
-    args = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "growlength",
-        "train",
-        "--config",
-        str(config_path),
-        "--out",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    args = launcher + train_args(config_path, out, *extra)
+    env = {**CHILD_ENV, "OMP_NUM_THREADS": "1"}
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
 
 

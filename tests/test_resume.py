@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import CHILD_ENV, tiny_config, train_args
 
 from growlength.checkpoint import list_checkpoints, read_state
 from growlength.config import save_config
@@ -27,24 +27,9 @@ def losses(run_dir):
 
 
 def launch(config_path, out, resume):
-    args = [
-        sys.executable,
-        "-m",
-        "growlength",
-        "train",
-        "--config",
-        str(config_path),
-        "--out",
-        str(out),
-        "--quiet",
-    ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    args = [sys.executable, *train_args(config_path, out, *(["--resume"] if resume else []))]
     return subprocess.Popen(
-        args + (["--resume"] if resume else []),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=CHILD_ENV, start_new_session=True
     )
 
 
