@@ -183,10 +183,10 @@ def summarize(out: Path, names: list[str], repeats: int, base: TrainConfig) -> d
     """bench.json: per run final loss, tokens, speed by length, extrapolation, and the speedup."""
     runs = {n: [read_run(run_dir(out, n, r)) for r in range(repeats)] for n in names}
     baseline = runs[BASELINE]
+    baseline_time = [_reach(b, b)["seconds"] for b in baseline]  # when each baseline reaches its own end
     summary = {}
     for name, reps in runs.items():
         to_reach = [_reach(b, rep) for b, rep in zip(baseline, reps)]
-        baseline_time = [_reach(b, b)["seconds"] for b in baseline]
         speedups = [b / max(t["seconds"], 1e-9) if t else None for b, t in zip(baseline_time, to_reach)]
         summary[name] = {
             "final_val_loss": _mean([rep["val_loss"][-1] for rep in reps]),
