@@ -20,28 +20,31 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file, save_model
+from safetensors.torch import load_file, save_file
 
-from growlength.dist import unwrap
 from growlength.errors import GrowLengthError
 
 STATE = "state.json"
 
 
-def save_checkpoint(out: Path, *, step: int, model, optimizer, state: dict, keep: int) -> Path:
-    """Write checkpoint `step` under out/checkpoints and keep the newest `keep`."""
+def save_checkpoint(
+    out: Path, *, step: int, model_state: dict, optim_state: dict, model_config, state: dict, keep: int
+) -> Path:
+    """Write checkpoint `step` under out/checkpoints and keep the newest `keep`. The states are the full
+    (unsharded) ones keyed by parameter name, as dist.full_state returns them."""
     root = out / "checkpoints"
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(unwrap(model), str(tmp / "model.safetensors"))
-    tensors, groups = _flatten_optimizer(optimizer.state_dict())
+    weights, aliases = _drop_aliases(model_state)
+    save_file(weights, str(tmp / "model.safetensors"))
+    tensors, groups = _flatten_optimizer(optim_state)
     tensors.update(_rng_tensors())
     save_file(tensors, str(tmp / "trainer.safetensors"))
-    unwrap(model).config.to_json_file(str(tmp / "config.json"))
+    model_config.to_json_file(str(tmp / "config.json"))
     files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
-    full_state = {**state, "step": step, "param_groups": groups, "sha256": files}
+    full_state = {**state, "step": step, "param_groups": groups, "aliases": aliases, "sha256": files}
     (tmp / STATE).write_text(json.dumps(full_state, indent=1))
     for path in tmp.iterdir():
         _fsync(path)
@@ -99,46 +102,69 @@ def read_state(path: Path) -> dict:
     return json.loads((path / STATE).read_text())
 
 
-def load_model_weights(path: Path, model) -> None:
-    from safetensors.torch import load_model
+def read_weights(path: Path) -> dict:
+    """The model's full state dict, tied names included, read as data."""
+    aliases = read_state(path).get("aliases", {})
+    weights = _read_safetensors(path / "model.safetensors")
+    return {**weights, **{alias: weights[name] for alias, name in aliases.items()}}
 
-    load_model(unwrap(model), str(path / "model.safetensors"), device=str(next(model.parameters()).device))
+
+def load_model_weights(path: Path, model) -> None:
+    """Weights into a plain (unwrapped, unsharded) model."""
+    model.load_state_dict(read_weights(path))
 
 
 def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore model, optimizer and RNG in place; return the saved state (step, tokens, loader, ...).
-    Files are read as data only (safetensors and JSON): anything else in the folder is never opened."""
+    """Restore model, optimizer and RNG in place (model may be DDP- or FSDP-wrapped; every rank reads the
+    files); return the saved state (step, tokens, loader, ...). Files are read as data only
+    (safetensors and JSON): anything else in the folder is never opened."""
+    from growlength.dist import load_full_state
+
     state = read_state(path)
-    try:
-        load_model_weights(path, model)
-        tensors = load_file(str(path / "trainer.safetensors"))
-    except Exception as e:  # safetensors raises its own error types for a file that is not safetensors
-        raise GrowLengthError(
-            f"checkpoint {path} does not hold safetensors files ({e}): refusing to load it"
-        ) from None
-    device = next(model.parameters()).device
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["param_groups"], device))
+    weights = read_weights(path)
+    tensors = _read_safetensors(path / "trainer.safetensors")
+    load_full_state(model, optimizer, weights, _unflatten_optimizer(tensors, state["param_groups"]))
     torch.set_rng_state(tensors["rng.cpu"])
     if torch.cuda.is_available() and "rng.cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return state
 
 
+def _read_safetensors(path: Path) -> dict:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for a file that is not safetensors
+        raise GrowLengthError(f"{path} is not a safetensors file ({e}): refusing to load it") from None
+
+
+def _drop_aliases(weights: dict) -> tuple[dict, dict]:
+    """Tied weights (e.g. embeddings and LM head) share one tensor: keep the first name, record the rest."""
+    kept, aliases, first = {}, {}, {}
+    for name, tensor in weights.items():
+        key = (tensor.data_ptr(), tensor.shape)
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+            kept[name] = tensor.detach().cpu().contiguous()
+    return kept, aliases
+
+
 def _flatten_optimizer(sd: dict) -> tuple[dict, list]:
+    """Optimizer slots as `optim.<param name>.<slot>` tensors, param groups (names, lr, ...) for JSON."""
     tensors = {}
-    for index, slots in sd["state"].items():
-        for name, value in slots.items():
-            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    for param, slots in sd["state"].items():
+        for slot, value in slots.items():
+            tensors[f"optim.{param}.{slot}"] = torch.as_tensor(value).detach().cpu().contiguous()
     return tensors, sd["param_groups"]
 
 
-def _unflatten_optimizer(tensors: dict, groups: list, device) -> dict:
+def _unflatten_optimizer(tensors: dict, groups: list) -> dict:
     state: dict = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            # AdamW keeps `step` on the CPU unless capturable; the moments live with the params.
-            state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
+            param, slot = key.removeprefix("optim.").rsplit(".", 1)
+            state.setdefault(param, {})[slot] = value
     return {"state": state, "param_groups": groups}
 
 

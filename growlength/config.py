@@ -56,6 +56,9 @@ class TrainConfig:
     block_tokens: int = _f(16384, "shuffle granularity: the train stream is shuffled in blocks of this")
     seed: int = _f(0, "seed for weights and data order")
     device: str = _f("auto", "auto | cpu | cuda")
+    parallel: str = _f(
+        "ddp", "under torchrun: ddp (a model copy per rank) | fsdp (FSDP2: weights and optimizer state sharded)"
+    )
 
     def __post_init__(self):
         for name in ("start_len", "target_len", "tokens_per_step", "micro_batch_tokens", "eval_tokens"):
@@ -69,6 +72,8 @@ class TrainConfig:
             raise GrowLengthError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise GrowLengthError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise GrowLengthError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         given = [b for b in ("budget_steps", "budget_tokens", "budget_seconds") if getattr(self, b) is not None]
         if len(given) > 1:
             raise GrowLengthError(f"give one budget, not {given}")

@@ -1,7 +1,9 @@
 """The one place that touches torch.distributed. Without torchrun every helper is a no-op.
 
 Under `torchrun`, every decision that depends on something measured (elapsed time) is taken on rank 0
-and broadcast, so all ranks switch length on the same step.
+and broadcast, so all ranks switch length on the same step. The model is replicated (DDP) or sharded
+(FSDP2's `fully_shard`, one unit per transformer block); checkpoints hold the full, unsharded state
+keyed by parameter name either way, so a run can resume on another number of ranks or another wrapper.
 """
 
 import os
@@ -59,26 +61,65 @@ def barrier() -> None:
         torch_dist.barrier()
 
 
-def wrap(model, world: World, device):
-    """DDP over the model when there is more than one rank."""
+def wrap(model, world: World, device, parallel: str = "ddp"):
+    """DDP (or FSDP2) over the model when there is more than one rank."""
     if world.size == 1:
         return model
+    if parallel == "fsdp":
+        return _fully_shard(model)
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [world.local_rank] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
 
+def _fully_shard(model):
+    """FSDP2: each transformer block (the classes the model lists in `_no_split_modules`) is one unit
+    whose parameters are gathered for its forward and backward, then the root for the rest."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model) -> bool:
+    return hasattr(model, "set_requires_gradient_sync")
+
+
 def unwrap(model):
-    """The model inside a DDP wrapper (or the model itself)."""
+    """The model inside a DDP wrapper (or the model itself; FSDP2 shards in place)."""
     return getattr(model, "module", model)
 
 
 def no_sync(model, last_micro_step: bool):
-    """Skip the gradient all-reduce on every micro-batch but the last of a step."""
+    """Skip the gradient all-reduce (or reduce-scatter) on every micro-batch but the last of a step."""
+    if is_sharded(model):
+        model.set_requires_gradient_sync(last_micro_step)
+        return nullcontext()
     if last_micro_step or not hasattr(model, "no_sync"):
         return nullcontext()
     return model.no_sync()
+
+
+def full_state(model, optimizer) -> tuple[dict, dict]:
+    """The full model and optimizer state, keyed by parameter name whatever the wrapper. Every rank must
+    call it (FSDP gathers the shards); under FSDP only rank 0 gets the tensors, on the CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=is_sharded(model))
+    return get_state_dict(model, optimizer, options=options)
+
+
+def load_full_state(model, optimizer, model_state: dict, optim_state: dict) -> None:
+    """Load a full state (as full_state returns it) into a plain, DDP or FSDP model on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state, options=options)
 
 
 def shutdown() -> None:

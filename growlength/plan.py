@@ -1,6 +1,7 @@
 """What a config resolves to, checked before any work starts: the data, schedule, budget, model config
 and step shapes (`preflight`), the run folder, and the device. Every bad input fails here, in one line."""
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,22 +61,27 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
     return Plan(data, schedule, budget, model_cfg, shapes)
 
 
+# How a run is launched, not what it trains: a resumed run may change these.
+LAUNCH_FIELDS = ("device", "parallel")
+
+
 def resolve_config(cfg: TrainConfig | None, out: Path, resume: bool) -> TrainConfig:
-    """The config to run: the given one for a new run; the saved one (which a given one must match)
-    when resuming."""
+    """The config to run: the given one for a new run; the saved one (which a given one must match,
+    but for the launch fields) when resuming."""
     saved_path = out / "config.yaml"
     has_run = saved_path.is_file() or (out / "checkpoints").is_dir()
     if has_run and not resume:
         raise GrowLengthError(f"{out} already holds a run: add --resume to continue it, or choose a new --out")
     if resume and saved_path.is_file():
         saved = load_config(saved_path)
-        if cfg is not None and cfg != saved:
-            diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+        given = cfg.to_dict() if cfg is not None else saved.to_dict()
+        diff = [k for k, v in given.items() if saved.to_dict()[k] != v and k not in LAUNCH_FIELDS]
+        if diff:
             raise GrowLengthError(
-                f"{out} holds a run with a different config ({', '.join(diff)}): resume it "
-                "with no overrides, or train into a new --out"
+                f"{out} holds a run with a different config ({', '.join(diff)}): resume it with no "
+                f"overrides but {' or '.join(LAUNCH_FIELDS)}, or train into a new --out"
             )
-        cfg = saved
+        cfg = dataclasses.replace(saved, **{k: given[k] for k in LAUNCH_FIELDS})
     if cfg is None:
         raise GrowLengthError(f"nothing to resume in {out}: it holds no config.yaml")
     return cfg

@@ -37,8 +37,7 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
     """Per-length throughput, memory and FLOP prediction; loop overhead; stage-change and checkpoint cost."""
     from tqdm.auto import tqdm
 
-    from growlength.checkpoint import save_checkpoint
-    from growlength.train import advance, log_step, setup, train_step
+    from growlength.train import advance, checkpoint, log_step, setup, train_step
 
     values = {**cfg.to_dict(), "schedule": "stages", "stages": _stages(lengths), "batch_policy": "tokens"}
     with tempfile.TemporaryDirectory(prefix="growlength-profile-") as tmp:
@@ -67,7 +66,7 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
                 bare[shape.seq_len].append(bare_s)
         bar.close()
         started = time.perf_counter()
-        save_checkpoint(run.out, step=1, model=run.model, optimizer=run.optimizer, state={}, keep=1)
+        checkpoint(run, last_eval={})
         checkpoint_s = time.perf_counter() - started
         loader_tps = _loader_tokens_per_s(run, shapes[0])
     return _report(run.model, shapes, ours, bare, peak, first, checkpoint_s, loader_tps, run.device)

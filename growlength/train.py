@@ -95,6 +95,8 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     data, schedule, budget, shapes = plan.data, plan.schedule, plan.budget, plan.shapes
     make_out_dir(out)
     model = build_model(plan.model_cfg, cfg.seed).to(device)
+    n_params = count_params(model)
+    model = dist.wrap(model, world, device, cfg.parallel)
     optimizer = _optimizer(model, cfg)
     loader = Loader(
         data.train, seed=cfg.seed, block_tokens=cfg.block_tokens, rank=world.rank, world_size=world.size
@@ -106,10 +108,9 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         lengths = [s.seq_len for s in shapes]
         shown = lengths if len(lengths) <= 8 else f"{lengths[0]}..{lengths[-1]} ({len(lengths)} lengths)"
         print(
-            f"model {cfg.model}: {count_params(model) / 1e6:.2f}M parameters on {device}; schedule "
+            f"model {cfg.model}: {n_params / 1e6:.2f}M parameters on {device}; schedule "
             f"{cfg.schedule} {shown}; budget {budget.total:g} {budget.unit}"
         )
-    model = dist.wrap(model, world, device)
     shape_by_len = {s.seq_len: s for s in shapes}
     return Run(
         cfg,
@@ -218,24 +219,33 @@ def evaluate(run: Run) -> dict:
     }
     if run.world.is_main:
         _append_jsonl(run.out / "metrics.jsonl", record)
-        if p.step > 0:
-            state = {
-                "progress": asdict(p),
-                "loader": run.loader.state_dict(),
-                "config": cfg.to_dict(),
-                "last_eval": record,
-            }
-            save_checkpoint(
-                run.out,
-                step=p.step,
-                model=run.model,
-                optimizer=run.optimizer,
-                state=state,
-                keep=cfg.keep_checkpoints,
-            )
+    if p.step > 0:
+        checkpoint(run, record)
     dist.barrier()
     run.last_eval = record
     return record
+
+
+def checkpoint(run: Run, last_eval: dict) -> None:
+    """Gather the full state (every rank takes part: FSDP gathers shards) and write it from rank 0."""
+    model_state, optim_state = dist.full_state(run.model, run.optimizer)
+    if not run.world.is_main:
+        return
+    state = {
+        "progress": asdict(run.progress),
+        "loader": run.loader.state_dict(),
+        "config": run.cfg.to_dict(),
+        "last_eval": last_eval,
+    }
+    save_checkpoint(
+        run.out,
+        step=run.progress.step,
+        model_state=model_state,
+        optim_state=optim_state,
+        model_config=dist.unwrap(run.model).config,
+        state=state,
+        keep=run.cfg.keep_checkpoints,
+    )
 
 
 def _eval_lengths(run: Run) -> list[int]:
