@@ -86,6 +86,9 @@ def _rows(seq_len: int, tokens_per_step: int, target_len: int, world_size: int, 
 
 def check_lengths(lengths: tuple[int, ...], **shape_kwargs) -> list[StepShape]:
     """step_shape for every length a schedule can produce, or one error naming all that fail."""
+    policy = shape_kwargs.get("batch_policy", "tokens")
+    if policy not in BATCH_POLICIES:
+        raise GrowLengthError(f"batch_policy must be one of {', '.join(BATCH_POLICIES)}, got {policy!r}")
     bad = []
     for seq_len in lengths:
         try:

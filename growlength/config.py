@@ -20,6 +20,20 @@ def _f(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+# Fields whose values must lie in a closed range (lr and beta2 also exclude an end: checked apart).
+RANGES = (
+    ("lr", 0.0, 1.0),
+    ("min_lr_ratio", 0.0, 1.0),
+    ("warmup", 0.0, 0.99),
+    ("weight_decay", 0.0, 1.0),
+    ("beta2", 0.0, 1.0),
+    ("grad_clip", 0.0, float("inf")),
+    ("evals", 1, 10000),
+    ("eval_every_tokens", 1, float("inf")),
+    ("seed", 0, 2**32 - 1),
+)
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     data: str = _f(
@@ -68,6 +82,12 @@ class TrainConfig:
             raise GrowLengthError(
                 f"block_tokens {self.block_tokens} must be at least target_len {self.target_len}"
             )
+        for name, low, high in RANGES:
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise GrowLengthError(f"{name} must be in [{low:g}, {high:g}], got {value}")
+        if self.lr <= 0 or self.beta2 >= 1:
+            raise GrowLengthError(f"lr must be positive and beta2 below 1, got lr {self.lr}, beta2 {self.beta2}")
         if self.keep_checkpoints < 1:
             raise GrowLengthError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -106,7 +106,15 @@ def data_path(cfg: TrainConfig, world: dist.World) -> Path:
 
 
 def _check_corpus(data: TokenData, biggest: StepShape, target_len: int) -> None:
-    """One step of the hungriest shape must fit in the train split, one target window in val."""
+    """Every id within the vocabulary; one step of the hungriest shape fits in the train split, one
+    target window in val."""
+    for split, tokens in (("train", data.train), ("val", data.val)):
+        top = int(tokens.max()) if len(tokens) else 0
+        if top >= data.vocab_size:
+            raise GrowLengthError(
+                f"{data.path}: the {split} split holds token id {top}, beyond vocab_size {data.vocab_size} "
+                "in meta.json: the token files come from another tokenizer; prepare the data again"
+            )
     if len(data.train) < biggest.consumed + 1:
         raise GrowLengthError(
             f"the train split has {len(data.train)} tokens, fewer than one step at seq_len {biggest.seq_len} "

@@ -119,13 +119,19 @@ def bad_config_json(tmp_path):
     return path
 
 
-def truncated_copy(corpus, tmp_path):
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for name in ("meta.json", "val.bin", "tokenizer.json"):
-        (broken / name).write_bytes((corpus / name).read_bytes())
-    (broken / "train.bin").write_bytes((corpus / "train.bin").read_bytes()[:1000])
-    return broken
+def damaged_copy(corpus, folder, name, damage):
+    """A copy of the prepared corpus with one file's bytes passed through damage."""
+    folder.mkdir()
+    for path in corpus.iterdir():
+        data = path.read_bytes()
+        (folder / path.name).write_bytes(damage(data) if path.name == name else data)
+    return folder
+
+
+def id_beyond_vocab(data: bytes) -> bytes:
+    ids = np.frombuffer(data, dtype=np.uint16).copy()
+    ids[12345] = 600  # the vocabulary has 512 ids
+    return ids.tobytes()
 
 
 def tiny_corpus(corpus, tmp_path):
@@ -160,8 +166,21 @@ def tiny_corpus(corpus, tmp_path):
     return small
 
 
+# The bad-input catalogue of `growlength train`: flags -> the words the one error line must hold.
 BAD = {
     "shrinking stages": (["--schedule", "stages", "--stages", "256:0.5,128:0.5"], "never shrinks"),
+    "unreadable stages": (["--schedule", "stages", "--stages", "128-0.5"], "write LENGTH:SHARE"),
+    "shares not summing to 1": (["--schedule", "stages", "--stages", "64:0.5,256:0.2"], "sum to 1"),
+    "unknown schedule": (["--schedule", "cubic"], "choose one of doubling, linear"),
+    "unknown batch policy": (["--batch-policy", "odd"], "batch_policy must be one of"),
+    "negative budget": (["--budget-steps", "-3"], "budget_steps must be positive"),
+    "negative lr": (["--lr", "-1"], "lr must be in [0, 1]"),
+    "warmup beyond the run": (["--warmup", "1.5"], "warmup must be in [0, 0.99]"),
+    "unknown parallel": (["--parallel", "tp"], "parallel must be ddp or fsdp"),
+    "code in the YAML": (["--config", "{evil}"], "could not determine a constructor"),
+    "unwritable out folder": (["--out", "{afile}/run"], "cannot write to"),
+    "token id beyond the vocabulary": (["--data", "{badid}"], "token id 600, beyond vocab_size 512"),
+    "meta.json not JSON": (["--data", "{notjson}"], "is not valid JSON"),
     "zero length": (["--start-len", "0"], "must be positive"),
     "beyond the model": (
         ["--target-len", "4096", "--block-tokens", "4096", "--tokens-per-step", "8192"],
@@ -185,11 +204,17 @@ def bad_inputs(corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad")
     (tmp / "typo.yaml").write_text("taget_len: 512\n")
     (tmp / "bad.yaml").write_text("model: [tiny\n")
+    (tmp / "evil.yaml").write_text(f'!!python/object/apply:os.mkdir ["{tmp / "pwned"}"]\n')
+    (tmp / "afile").write_text("a file, not a folder")
     return {
         "typo": tmp / "typo.yaml",
         "badyaml": tmp / "bad.yaml",
+        "evil": tmp / "evil.yaml",
+        "afile": tmp / "afile",
         "nowhere": tmp / "nowhere",
-        "broken": truncated_copy(corpus, tmp),
+        "broken": damaged_copy(corpus, tmp / "broken", "train.bin", lambda data: data[:1000]),
+        "badid": damaged_copy(corpus, tmp / "badid", "train.bin", id_beyond_vocab),
+        "notjson": damaged_copy(corpus, tmp / "notjson", "meta.json", lambda data: data[:20]),
         "small": tiny_corpus(corpus, tmp),
         "smallvocab": bad_config_json(tmp),
     }
@@ -205,6 +230,7 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit_before_any_work(case, corpus
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert message in err
     assert not (tmp_path / "run").exists()  # nothing half-written
+    assert not (bad_inputs["evil"].parent / "pwned").exists()  # no code ran
 
 
 def test_errors_in_a_subprocess_have_no_traceback(corpus, tmp_path):
@@ -241,3 +267,44 @@ def test_every_shipped_config_parses(tmp_path):
     assert load_config(Path(__file__).parent.parent / "configs" / "demo.yaml") == TrainConfig()
     save_config(tiny_config("x"), tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == tiny_config("x")
+
+
+# The catalogue for the other commands: argv -> the words the one error line must hold.
+BAD_COMMANDS = {
+    "prepare an empty file": (["prepare", "--input", "{empty}", "--out", "{out}"], "no text found"),
+    "prepare a missing input": (["prepare", "--input", "{nowhere}", "--out", "{out}"], "does not exist"),
+    "prepare a .pdf": (["prepare", "--input", "{pdf}", "--out", "{out}"], "use .txt, .md, .jsonl"),
+    "prepare a tiny vocabulary": (["prepare", "--vocab-size", "10", "--out", "{out}"], "at least 258"),
+    "prepare val fraction 1.5": (["prepare", "--val-fraction", "1.5", "--out", "{out}"], "must be in (0, 1)"),
+    "prepare with a broken tokenizer": (["prepare", "--tokenizer", "{pdf}", "--out", "{out}"], "cannot read"),
+    "eval a missing checkpoint": (["eval", "--ckpt", "{nowhere}"], "no checkpoint in"),
+    "eval a damaged checkpoint": (["eval", "--ckpt", "{damaged}"], "does not match its checksum"),
+    "eval at length 0": (["eval", "--ckpt", "{trained}", "--lengths", "0"], "integers of at least 2"),
+    "plot a folder with no run": (["plot", "{nowhere}", "--out", "{out}"], "no metrics.jsonl"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_COMMANDS)
+def test_bad_input_to_other_commands(case, trained, tmp_path, capsys):
+    import shutil
+
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "x.pdf").write_text("%PDF-1.4")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trained / "checkpoints" / "step_00000012", damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    paths = dict(empty=tmp_path / "empty.txt", nowhere=tmp_path / "nowhere", pdf=tmp_path / "x.pdf")
+    paths.update(damaged=damaged, trained=trained, out=tmp_path / "out")
+    argv, message = BAD_COMMANDS[case]
+    assert main([a.format(**paths) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_gpu_without_one(corpus, tmp_path, capsys):
+    assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "r"), *TINY, "--device", "cuda"]) == 2
+    assert "torch sees no GPU: use --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -117,3 +117,24 @@ def test_a_non_finite_loss_stops_the_run_with_the_last_good_checkpoint_intact(co
             show_progress=False,
         )
     assert [p.name for p in list_checkpoints(out)] == ["step_00000004", "step_00000008"]
+
+
+def test_killed_while_writing_a_checkpoint(corpus, finished, tmp_path):
+    """SIGKILL halfway through the second checkpoint's weights: the half-written folder is never used;
+    the run resumes from the first checkpoint and every loss equals the uninterrupted run's."""
+    script = Path(__file__).parent / "die_in_checkpoint.py"
+    config_path = finished / "config.yaml"
+    out = tmp_path / "killed"
+    died = subprocess.run(
+        [sys.executable, str(script), "3", *train_args(config_path, out)[2:]], env=CHILD_ENV, capture_output=True
+    )
+    assert died.returncode == -signal.SIGKILL
+    assert [p.name for p in list_checkpoints(out)] == ["step_00000004"]
+    assert (out / "checkpoints" / ".tmp-step_00000008").is_dir()  # the half-written one, not listed
+    resumed = subprocess.run(
+        [sys.executable, *train_args(config_path, out, "--resume")], env=CHILD_ENV, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and "step_00000004" in resumed.stdout
+    assert losses(out) == losses(finished)
+    assert not (out / "checkpoints" / ".tmp-step_00000008").exists()
