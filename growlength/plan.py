@@ -98,8 +98,9 @@ def make_out_dir(out: Path) -> None:
 
 
 def data_path(cfg: TrainConfig, world: dist.World) -> Path:
-    """The prepared folder; the embedded corpus is prepared once, by rank 0, on first use."""
-    if world.is_main:
+    """The prepared folder; the embedded corpus is prepared on first use, once per machine (by each
+    node's local rank 0, into that machine's cache)."""
+    if world.local_rank == 0:
         resolve_data(cfg.data, cfg.vocab_size)
     dist.barrier()
     return resolve_data(cfg.data, cfg.vocab_size)

@@ -178,9 +178,10 @@ def prepare(
     _make_writable_dir(out)
     train = encode_documents(tokenizer, train_docs, eos_id, "encode train")
     val = encode_documents(tokenizer, val_docs, eos_id, "encode val")
-    # Write under temporary names and rename at the end, meta.json last: a crash leaves no folder
-    # that looks prepared but is not.
-    tmp = {name: out / f".{name}.tmp" for name in ("train.bin", "val.bin", "tokenizer.json", "meta.json")}
+    # Write under temporary names (this process's own) and rename at the end, meta.json last: a crash
+    # leaves no folder that looks prepared but is not.
+    names = ("train.bin", "val.bin", "tokenizer.json", "meta.json")
+    tmp = {name: out / f".{name}.{os.getpid()}.tmp" for name in names}
     write_stream(tmp["train.bin"], train)
     write_stream(tmp["val.bin"], val)
     tokenizer.save(str(tmp["tokenizer.json"]))
