@@ -70,6 +70,8 @@ class TrainConfig:
     block_tokens: int = _f(16384, "shuffle granularity: the train stream is shuffled in blocks of this")
     seed: int = _f(0, "seed for weights and data order")
     device: str = _f("auto", "auto | cpu | cuda")
+    log_to: str = _f("tensorboard", "besides metrics.jsonl: tensorboard | wandb | tensorboard,wandb | none")
+    wandb_project: str = _f("growlength", "the Weights & Biases project when log_to has wandb")
     parallel: str = _f(
         "ddp", "under torchrun: ddp (a model copy per rank) | fsdp (FSDP2: weights and optimizer state sharded)"
     )

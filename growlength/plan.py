@@ -16,6 +16,7 @@ from growlength.models import check_fits, flush_denormals, model_config
 from growlength.prepare import resolve_data
 from growlength.schedule import Budget, LengthSchedule, make_schedule
 from growlength.tokens import TokenData, open_tokens
+from growlength.trackers import tracker_names
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
             "raise target_len (the length the model is built for and evaluated at)"
         )
     check_fits(model_cfg, cfg.target_len)
+    tracker_names(cfg.log_to)
     shapes = check_lengths(
         schedule.all_lengths(),
         tokens_per_step=cfg.tokens_per_step,
@@ -62,7 +64,7 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
 
 
 # How a run is launched, not what it trains: a resumed run may change these.
-LAUNCH_FIELDS = ("device", "parallel")
+LAUNCH_FIELDS = ("device", "parallel", "log_to", "wandb_project")
 
 
 def resolve_config(cfg: TrainConfig | None, out: Path, resume: bool) -> TrainConfig:

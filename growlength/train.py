@@ -5,7 +5,6 @@ loop:  progress -> seq_len and lr -> batch -> forward/backward over micro-batche
        -> log -> (eval + checkpoint when due).
 """
 
-import json
 import math
 import statistics
 import sys
@@ -25,6 +24,7 @@ from growlength.models import build_model, count_params
 from growlength.plan import data_path, device_for, make_out_dir, preflight, resolve_config
 from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at
 from growlength.tokens import Loader, TokenData
+from growlength.trackers import NoTrackers, Trackers, tracker_names
 
 
 @dataclass
@@ -55,6 +55,7 @@ class Run:
     device: torch.device
     world: dist.World
     progress: Progress
+    trackers: Trackers | NoTrackers
     last_eval: dict = field(default_factory=dict)
 
     def autocast(self):
@@ -64,6 +65,13 @@ class Run:
 def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, show_progress: bool = True) -> dict:
     """Train per cfg into `out` (cfg None: the one saved there, to resume); returns the last eval record."""
     run = setup(cfg, Path(out), resume)
+    try:
+        return _loop(run, show_progress)
+    finally:
+        run.trackers.close()
+
+
+def _loop(run: Run, show_progress: bool) -> dict:
     p = run.progress
     if p.last_eval_step < 0:
         evaluate(run)  # the curves start at the untrained model
@@ -102,9 +110,10 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         data.train, seed=cfg.seed, block_tokens=cfg.block_tokens, rank=world.rank, world_size=world.size
     )
     progress, last_eval = _restore(out, model, optimizer, loader) if resume else (Progress(), {})
+    trackers = NoTrackers()
     if world.is_main:
         save_config(cfg, out / "config.yaml")
-        _trim_metrics(out / "metrics.jsonl", progress.step)
+        trackers = Trackers(out, tracker_names(cfg.log_to), step=progress.step, config=cfg.to_dict())
         lengths = [s.seq_len for s in shapes]
         shown = lengths if len(lengths) <= 8 else f"{lengths[0]}..{lengths[-1]} ({len(lengths)} lengths)"
         print(
@@ -125,6 +134,7 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         device,
         world,
         progress,
+        trackers,
         last_eval=last_eval,
     )
 
@@ -217,8 +227,7 @@ def evaluate(run: Run) -> dict:
         "val_loss_by_len": {str(k): v for k, v in by_len.items()},
         "eval_s": round(time.perf_counter() - started, 3),
     }
-    if run.world.is_main:
-        _append_jsonl(run.out / "metrics.jsonl", record)
+    run.trackers.write(record)
     if p.step > 0:
         checkpoint(run, record)
     dist.barrier()
@@ -279,8 +288,7 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
                 f"loss spike at the change to seq_len {shape.seq_len}: {record['loss_jump']:+.3f}", file=sys.stderr
             )
     p.recent = [*p.recent, (shape.seq_len, loss)][-5:]
-    if run.world.is_main:
-        _append_jsonl(run.out / "metrics.jsonl", record)
+    run.trackers.write(record)
     return record
 
 
@@ -291,11 +299,6 @@ def stage_change_record(loss: float, before: list[float]) -> dict:
     noise = statistics.stdev(before) if len(before) > 1 else 0.0
     jump = loss - mean
     return {"stage_change": True, "loss_jump": jump, "spike": jump > 0 and jump > 3 * noise}
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def _progress_bar(run: Run, show: bool):
@@ -346,17 +349,3 @@ def _restore(out: Path, model, optimizer, loader: Loader) -> tuple[Progress, dic
     loader.load_state_dict(state["loader"])
     print(f"resuming from {checkpoint} (step {state['progress']['step']}, {state['progress']['tokens']:,} tokens)")
     return Progress(**state["progress"]), state["last_eval"]
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop records a crash left beyond the checkpoint we resume from (all of them from step 0)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines() if step > 0 else []:
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError):
-            continue  # a line cut short by the crash
-    path.write_text("".join(line + "\n" for line in keep))

@@ -7,6 +7,9 @@ import pytest
 # Tests never write to the user's cache: the embedded corpus is prepared into a temporary folder.
 os.environ.setdefault("GROWLENGTH_CACHE", tempfile.mkdtemp(prefix="growlength-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Weights & Biases runs stay on disk: no account, no network.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
 
 
 @pytest.fixture(scope="session")
