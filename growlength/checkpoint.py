@@ -114,6 +114,16 @@ def load_model_weights(path: Path, model) -> None:
     model.load_state_dict(read_weights(path))
 
 
+def model_from_checkpoint(path: Path, model_cfg, device):
+    """A Hugging Face model built from model_cfg (the checkpoint's config.json, possibly changed) with
+    the checkpoint's weights, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(model_cfg)
+    load_model_weights(path, model)
+    return model.to(device).eval()
+
+
 def load_checkpoint(path: Path, model, optimizer) -> dict:
     """Restore model, optimizer and RNG in place (model may be DDP- or FSDP-wrapped; every rank reads the
     files); return the saved state (step, tokens, loader, ...). Files are read as data only

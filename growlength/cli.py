@@ -80,13 +80,27 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flags(prof)
     prof.set_defaults(run=_profile)
 
-    ev = commands.add_parser("eval", help="loss and perplexity at many lengths")
-    ev.add_argument("--ckpt", required=True, help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    ev = commands.add_parser("eval", help="loss and perplexity at many lengths, with or without RoPE scaling")
+    ev.add_argument(
+        "--ckpt",
+        required=True,
+        action="append",
+        help="a checkpoint folder, or a run folder (its newest checkpoint); repeat it to compare models",
+    )
     ev.add_argument("--lengths", default="128,256,512,1024,2048", help="comma-separated lengths")
+    ev.add_argument(
+        "--rope-scaling",
+        default="none",
+        help="comma-separated: none (direct extrapolation), linear, dynamic (NTK), yarn",
+    )
+    ev.add_argument(
+        "--rope-factor", type=float, help="scaling factor (default: longest length / longest trained length)"
+    )
     ev.add_argument("--data", help="prepared folder (default: the run's)")
     ev.add_argument("--eval-tokens", type=int, help="val tokens per length (default: the run's)")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--out", help="JSON file to write (default: CKPT/eval.json)")
+    ev.add_argument("--out", help="JSON file to write (default: CKPT/eval.json beside each checkpoint)")
+    ev.add_argument("--plot", help="PNG of perplexity against length, one line per model and mode")
     ev.set_defaults(run=_eval)
 
     plot = commands.add_parser("plot", help="val loss against time and tokens, one line per run")
@@ -194,20 +208,46 @@ def _eval(args) -> int:
     from growlength.evaluate import evaluate_checkpoint
 
     lengths = _int_list(args.lengths, "--lengths")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        report = evaluate_checkpoint(
-            args.ckpt, lengths, data=args.data, eval_tokens=args.eval_tokens, device=args.device
-        )
+    modes = tuple(m.strip() for m in args.rope_scaling.split(",") if m.strip())
+    reports = []
+    for ckpt in args.ckpt:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            report = evaluate_checkpoint(
+                ckpt,
+                lengths,
+                data=args.data,
+                eval_tokens=args.eval_tokens,
+                device=args.device,
+                rope_scaling=modes,
+                rope_factor=args.rope_factor,
+            )
+        _print_eval(report)
+        reports.append(report)
+        if not args.out:
+            _write_json(Path(report["checkpoint"]) / "eval.json", report)
+    if args.out:
+        _write_json(Path(args.out), reports[0] if len(reports) == 1 else reports)
+    if args.plot:
+        from growlength.plots import plot_extrapolation
+
+        plot_extrapolation(reports, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _print_eval(report: dict) -> None:
     print(f"{report['checkpoint']} on {report['eval_tokens']:,} val tokens of {report['data']}")
-    print(f"{'seq_len':>8} {'loss':>8} {'ppl':>9}")
+    print(f"{'rope':>10} {'seq_len':>8} {'loss':>8} {'ppl':>9}")
     for row in report["results"]:
         note = "  (beyond the longest trained length)" if row["beyond_trained"] else ""
-        print(f"{row['seq_len']:>8} {row['loss']:>8.4f} {row['ppl']:>9.2f}{note}")
-    out = Path(args.out) if args.out else Path(report["checkpoint"]) / "eval.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
-    return 0
+        mode = row["rope_scaling"] + (f" x{row['rope_factor']:g}" if row["rope_scaling"] != "none" else "")
+        print(f"{mode:>10} {row['seq_len']:>8} {row['loss']:>8.4f} {row['ppl']:>9.2f}{note}")
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def _plot(args) -> int:

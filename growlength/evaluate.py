@@ -6,12 +6,14 @@ trained one measure direct RoPE extrapolation.
 """
 
 import contextlib
+import copy
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from growlength.errors import GrowLengthError
 from growlength.tokens import eval_windows
 
 
@@ -50,6 +52,32 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
+ROPE_MODES = ("none", "linear", "dynamic", "yarn")
+
+
+def rope_scaled(model_cfg, mode: str, factor: float, trained_len: int):
+    """A copy of model_cfg whose RoPE parameters (Hugging Face's own `rope_type`s) stretch the trained
+    length by `factor`: linear position interpolation, dynamic NTK (which only acts beyond the trained
+    length) or YaRN. `none` returns model_cfg itself: direct extrapolation."""
+    if mode not in ROPE_MODES:
+        raise GrowLengthError(f"unknown RoPE scaling {mode!r}: choose {', '.join(ROPE_MODES)}")
+    if mode == "none":
+        return model_cfg
+    if not factor >= 1.0:
+        raise GrowLengthError(f"--rope-factor must be at least 1, got {factor}")
+    params = getattr(model_cfg, "rope_parameters", None)
+    if not isinstance(params, dict) or "rope_theta" not in params:
+        raise GrowLengthError(f"the model ({model_cfg.model_type}) has no single RoPE to scale")
+    scaled = copy.deepcopy(model_cfg)
+    params = {**params, "rope_type": mode, "factor": float(factor)}
+    if mode in ("dynamic", "yarn"):
+        params["original_max_position_embeddings"] = trained_len
+    if mode == "dynamic":
+        scaled.max_position_embeddings = trained_len  # dynamic NTK rescales past this length
+    scaled.rope_parameters = params
+    return scaled
+
+
 def evaluate_checkpoint(
     ckpt: str | Path,
     lengths: list[int],
@@ -57,12 +85,15 @@ def evaluate_checkpoint(
     data: str | None = None,
     eval_tokens: int | None = None,
     device: str = "auto",
+    rope_scaling: tuple[str, ...] = ("none",),
+    rope_factor: float | None = None,
 ) -> dict:
-    """Per-length loss and perplexity of a checkpoint (or a run folder's newest one) on the val split."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Per-length loss and perplexity of a checkpoint (or a run folder's newest one) on the val split,
+    once per RoPE scaling mode. The default factor stretches the longest trained length to the longest
+    length asked for."""
+    from transformers import AutoConfig
 
-    from growlength.checkpoint import load_model_weights, read_state, resolve_checkpoint
-    from growlength.errors import GrowLengthError
+    from growlength.checkpoint import model_from_checkpoint, read_state, resolve_checkpoint
     from growlength.models import max_positions
     from growlength.plan import device_for
     from growlength.prepare import resolve_data
@@ -78,30 +109,34 @@ def evaluate_checkpoint(
         raise GrowLengthError(
             f"data {tokens.path} has {tokens.vocab_size} tokens, more than the model's {model_cfg.vocab_size}"
         )
+    trained = max(state["progress"]["seq_lens"] or [cfg["target_len"]])
+    factor = rope_factor or max(1.0, max(lengths) / trained)
+    configs = {mode: rope_scaled(model_cfg, mode, factor, trained) for mode in rope_scaling}
     dev = device_for(device)
-    model = AutoModelForCausalLM.from_config(model_cfg).to(dev)
-    load_model_weights(path, model)
-    losses = val_losses(
-        model,
-        tokens.val,
-        lengths,
-        eval_tokens=eval_tokens,
-        micro_batch_tokens=cfg["micro_batch_tokens"],
-        device=dev,
-        autocast=lambda: autocast_context(dev),
-    )
     limit = max_positions(model_cfg)
-    trained = max(state["progress"]["seq_lens"] or [0])
-    rows = [
-        {
-            "seq_len": n,
-            "loss": loss,
-            "ppl": perplexity(loss),
-            "beyond_trained": n > trained,
-            "beyond_max_positions": bool(limit and n > limit),
-        }
-        for n, loss in losses.items()
-    ]
+    rows = []
+    for mode, scaled_cfg in configs.items():
+        losses = val_losses(
+            model_from_checkpoint(path, scaled_cfg, dev),
+            tokens.val,
+            lengths,
+            eval_tokens=eval_tokens,
+            micro_batch_tokens=cfg["micro_batch_tokens"],
+            device=dev,
+            autocast=lambda: autocast_context(dev),
+        )
+        rows += [
+            {
+                "rope_scaling": mode,
+                "rope_factor": 1.0 if mode == "none" else factor,
+                "seq_len": n,
+                "loss": loss,
+                "ppl": perplexity(loss),
+                "beyond_trained": n > trained,
+                "beyond_max_positions": bool(limit and n > limit),
+            }
+            for n, loss in losses.items()
+        ]
     return {
         "checkpoint": str(path),
         "data": str(tokens.path),

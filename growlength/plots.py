@@ -133,3 +133,40 @@ def _save(fig, out: str | Path) -> Path:
 
     plt.close(fig)
     return out
+
+
+def plot_extrapolation(reports: list[dict], out: str | Path) -> Path:
+    """Perplexity against evaluation length: one colour per model, one line style per RoPE mode; each
+    model's longest trained length dotted."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    styles = dict(zip(("none", "linear", "dynamic", "yarn"), ("o-", "s--", "^-.", "d:")))
+    for i, report in enumerate(reports):
+        name = _model_name(report["checkpoint"])
+        for mode in dict.fromkeys(r["rope_scaling"] for r in report["results"]):
+            rows = [r for r in report["results"] if r["rope_scaling"] == mode]
+            factor = f" x{rows[0]['rope_factor']:g}" if mode != "none" else ""
+            ax.plot(
+                [r["seq_len"] for r in rows],
+                [r["ppl"] for r in rows],
+                styles[mode],
+                ms=3.5,
+                lw=1.2,
+                color=f"C{i}",
+                label=f"{name}: {mode}{factor}",
+            )
+        ax.axvline(report["longest_trained"], color=f"C{i}", ls=":", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("evaluation length (dotted: longest trained length)")
+    ax.set_ylabel("val perplexity")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title("length extrapolation, with and without RoPE scaling")
+    return _save(fig, out)
+
+
+def _model_name(checkpoint: str) -> str:
+    """The run folder's name for a checkpoint at RUN/checkpoints/step_N, else the folder's own."""
+    path = Path(checkpoint)
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.name
