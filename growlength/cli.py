@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", help="PNG of perplexity against length, one line per model and mode")
     ev.set_defaults(run=_eval)
 
+    exp = commands.add_parser("export", help="a checkpoint as a Hugging Face model folder, tokenizer included")
+    exp.add_argument("--ckpt", required=True, help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    exp.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    exp.add_argument("--data", help="prepared folder whose tokenizer to include (default: the run's)")
+    exp.set_defaults(run=_export)
+
     plot = commands.add_parser("plot", help="val loss against time and tokens, one line per run")
     plot.add_argument("runs", nargs="+", help="run folders")
     plot.add_argument("--out", help="PNG to write (default: FIRST_RUN/loss.png)")
@@ -233,6 +239,14 @@ def _eval(args) -> int:
 
         plot_extrapolation(reports, args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _export(args) -> int:
+    from growlength.export import export
+
+    out = export(args.ckpt, args.out, data=args.data)
+    print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained")
     return 0
 
 

@@ -244,6 +244,7 @@ def checkpoint(run: Run, last_eval: dict) -> None:
         "progress": asdict(run.progress),
         "loader": run.loader.state_dict(),
         "config": run.cfg.to_dict(),
+        "tokenizer_sha256": run.data.meta["tokenizer_sha256"],
         "last_eval": last_eval,
     }
     save_checkpoint(

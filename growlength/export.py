@@ -1,0 +1,80 @@
+"""`growlength export`: a checkpoint as a standard Hugging Face model folder.
+
+    OUT/config.json, model.safetensors, generation_config.json   (save_pretrained)
+    OUT/tokenizer.json, tokenizer_config.json                    (a PreTrainedTokenizerFast)
+    OUT/growlength.json                                          where it came from: run, step, lengths
+
+`AutoModelForCausalLM.from_pretrained(OUT)` and `AutoTokenizer.from_pretrained(OUT)` load it with no
+growlength import. The folder is written beside OUT under a temporary name and renamed into place.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from growlength.errors import GrowLengthError
+
+
+def export(ckpt: str | Path, out: str | Path, *, data: str | None = None) -> Path:
+    """Write the checkpoint (or a run folder's newest one) to `out` as a Hugging Face model folder;
+    the tokenizer comes from the run's prepared data (or `data`)."""
+    from transformers import AutoConfig
+
+    from growlength.checkpoint import model_from_checkpoint, read_state, resolve_checkpoint
+    from growlength.prepare import resolve_data
+    from growlength.tokens import file_sha256, open_tokens
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise GrowLengthError(f"{out} exists and is not empty: choose a new --out")
+    path = resolve_checkpoint(ckpt)
+    state = read_state(path)
+    cfg = state["config"]
+    tokens = open_tokens(data or resolve_data(cfg["data"], cfg["vocab_size"]))
+    tokenizer_file = tokens.path / "tokenizer.json"
+    trained_with = state.get("tokenizer_sha256")
+    if trained_with and file_sha256(tokenizer_file) != trained_with:
+        raise GrowLengthError(
+            f"{tokenizer_file} is not the tokenizer this model was trained with: give the run's data with --data"
+        )
+    model = model_from_checkpoint(path, AutoConfig.from_pretrained(str(path)), "cpu")
+    if tokens.vocab_size > model.config.vocab_size:
+        raise GrowLengthError(f"{tokens.path} has {tokens.vocab_size} tokens, more than the model's vocabulary")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(model, tokens, state, path, tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write(model, tokens, state: dict, path: Path, tmp: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    eos_id, eos = int(tokens.meta["eos_id"]), tokens.meta["eos_token"]
+    longest = max(state["progress"]["seq_lens"] or [state["config"]["target_len"]])
+    model.config.eos_token_id = model.config.bos_token_id = eos_id
+    model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos_id
+    model.save_pretrained(str(tmp))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(tokens.path / "tokenizer.json"),
+        eos_token=eos,
+        bos_token=eos,
+        pad_token=eos,
+        model_max_length=longest,
+    )
+    tokenizer.save_pretrained(str(tmp))
+    provenance = {
+        "checkpoint": str(path.resolve()),
+        "step": state["progress"]["step"],
+        "tokens": state["progress"]["tokens"],
+        "trained_lengths": state["progress"]["seq_lens"],
+        "schedule": state["config"]["schedule"],
+        "data": str(tokens.path.resolve()),
+    }
+    (tmp / "growlength.json").write_text(json.dumps(provenance, indent=2) + "\n")
