@@ -131,6 +131,11 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     from growlength.dist import load_full_state
 
     state = read_state(path)
+    if any(isinstance(p, int) for group in state["param_groups"] for p in group["params"]):
+        raise GrowLengthError(
+            f"checkpoint {path} keys its optimizer state by index (growlength before 0.2): it cannot be "
+            "resumed; eval and export still read it"
+        )
     weights = read_weights(path)
     tensors = _read_safetensors(path / "trainer.safetensors")
     load_full_state(model, optimizer, weights, _unflatten_optimizer(tensors, state["param_groups"]))

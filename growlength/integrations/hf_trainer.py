@@ -1,0 +1,120 @@
+"""GrowLength in a `transformers.Trainer` script: a dataset (with its collator) and a callback.
+
+    from growlength import make_schedule
+    from growlength.integrations.hf_trainer import GrowLengthCallback, GrowLengthDataset
+
+    args = TrainingArguments(..., max_steps=2000, per_device_train_batch_size=1, gradient_accumulation_steps=4)
+    schedule = make_schedule("doubling", start_len=128, target_len=1024)
+    dataset = GrowLengthDataset("runs/data", schedule, args, tokens_per_batch=8192)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=dataset.collate,
+                      callbacks=[GrowLengthCallback(dataset)])
+    trainer.train()                                  # or trainer.train(resume_from_checkpoint=True)
+
+Each item of the dataset is one whole micro-batch of `tokens_per_batch` tokens (rows = tokens_per_batch /
+seq_len) at the length the schedule gives the optimizer step it belongs to, with progress = step /
+max_steps. So every optimizer step holds tokens_per_batch x gradient_accumulation_steps x world_size
+tokens whatever the length: Trainer's LR schedule over max_steps is a schedule over tokens, and
+`num_input_tokens_seen` is exact. Labels are the next tokens (`shift_labels`), so every token of a
+window is a target, as in `growlength train`.
+
+Resume: the items are a pure function of (data, seed, schedule, item index). When Trainer resumes a
+checkpoint it skips the batches of the steps already trained, which replays the loader's cursor to the
+same data position and the schedule to the same stage.
+
+Under torchrun / `accelerate launch` each process reads its own slice of each step's rows (as in
+`growlength train`), so batches must not be dispatched from process 0: pass
+`accelerator_config={"dispatch_batches": False}` to TrainingArguments.
+"""
+
+import itertools
+
+import torch
+from transformers import TrainerCallback
+
+from growlength.budget import check_lengths
+from growlength.errors import GrowLengthError
+from growlength.schedule import LengthSchedule
+from growlength.tokens import Loader, open_tokens
+
+
+class GrowLengthDataset(torch.utils.data.IterableDataset):
+    """An endless stream of micro-batches whose length follows `schedule` over `args.max_steps`."""
+
+    def __init__(self, data, schedule: LengthSchedule, args, *, tokens_per_batch: int, block_tokens: int = 16384):
+        _check_args(args)
+        self.tokens = open_tokens(data).train
+        self.schedule, self.tokens_per_batch, self.block_tokens = schedule, tokens_per_batch, block_tokens
+        self.max_steps, self.accum, self.seed = args.max_steps, args.gradient_accumulation_steps, args.seed
+        self.world_size = max(1, args.world_size)
+        self.tokens_per_step = tokens_per_batch * self.accum * self.world_size
+        shapes = check_lengths(
+            schedule.all_lengths(),
+            tokens_per_step=tokens_per_batch * self.world_size,
+            target_len=schedule.max_len,
+            micro_batch_tokens=tokens_per_batch,
+            world_size=self.world_size,
+        )
+        self.rows = {s.seq_len: s.rows for s in shapes}  # rows over all processes
+
+    def seq_len_at(self, step: int) -> int:
+        """The length of optimizer step `step` (0-based)."""
+        return self.schedule.seq_len_at(min(step, self.max_steps) / self.max_steps)
+
+    def __iter__(self):
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        loader = Loader(
+            self.tokens, seed=self.seed, block_tokens=self.block_tokens, rank=rank, world_size=self.world_size
+        )
+        for item in itertools.count():
+            seq_len = self.seq_len_at(item // self.accum)
+            inputs, targets = loader.next_batch(seq_len, self.rows[seq_len])
+            yield {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(targets)}
+
+    @staticmethod
+    def collate(items: list[dict]) -> dict:
+        """Trainer's data_collator: the one micro-batch (per_device_train_batch_size is 1), its labels
+        marked as already shifted (`shift_labels`), which the model's loss and Trainer's token count
+        then take as they are. Without this collator the model would shift them a second time."""
+        (item,) = items
+        return {**item, "shift_labels": item["labels"]}
+
+
+class GrowLengthCallback(TrainerCallback):
+    """Checks the run matches the dataset, and adds `seq_len` and `tokens` to every log entry."""
+
+    def __init__(self, dataset: GrowLengthDataset):
+        self.dataset = dataset
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        _check_args(args)
+        if (args.max_steps, args.gradient_accumulation_steps) != (self.dataset.max_steps, self.dataset.accum):
+            raise GrowLengthError(
+                "max_steps and gradient_accumulation_steps changed after the GrowLengthDataset was built: "
+                "build it from the TrainingArguments the Trainer uses"
+            )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or state.global_step == 0:
+            return
+        values = {
+            "seq_len": self.dataset.seq_len_at(state.global_step - 1),
+            "tokens": state.global_step * self.dataset.tokens_per_step,
+        }
+        logs.update(values)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(values)
+
+
+def _check_args(args) -> None:
+    problems = []
+    if args.max_steps <= 0:
+        problems.append("set max_steps (the schedule runs over it)")
+    if args.per_device_train_batch_size != 1:
+        problems.append("set per_device_train_batch_size=1 (each item is a whole micro-batch)")
+    if args.dataloader_num_workers != 0:
+        problems.append("set dataloader_num_workers=0 (the stream has one cursor)")
+    dispatch = getattr(args.accelerator_config, "dispatch_batches", None)
+    if args.world_size > 1 and dispatch is not False:
+        problems.append('pass accelerator_config={"dispatch_batches": False} (each process reads its own rows)')
+    if problems:
+        raise GrowLengthError("GrowLength with Trainer: " + "; ".join(problems))
