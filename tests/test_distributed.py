@@ -118,3 +118,16 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_unsharded(runs, tmp
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(one, losses(moved)))
+
+
+def test_accelerate_launch_runs_growlength_train(runs, tmp_path):
+    """`accelerate launch` (one process, CPU) runs the unchanged command: the same losses, bit for bit."""
+    single, _, _, _ = runs
+    accelerate = Path(sys.executable).parent / "accelerate"
+    args = [str(accelerate), "launch", "--num_processes", "1", "--cpu", "--mixed_precision", "no"]
+    args += ["--dynamo_backend", "no", "--num_cpu_threads_per_process", "2"]
+    args += train_args(single / "config.yaml", tmp_path / "acc")  # -m growlength train ...
+    result = subprocess.run(args, capture_output=True, text=True, env=CHILD_ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "done: step 12" in result.stdout
+    assert losses(tmp_path / "acc") == losses(single)
