@@ -75,7 +75,8 @@ def test_trainer_loss_is_the_mean_over_every_target_token(corpus, tmp_path):
         use_cpu=True,
         disable_tqdm=True,
     )
-    dataset = GrowLengthDataset(corpus, make_schedule("constant", start_len=128, target_len=128), args, tokens_per_batch=1024)
+    schedule = make_schedule("constant", start_len=128, target_len=128)
+    dataset = GrowLengthDataset(corpus, schedule, args, tokens_per_batch=1024)
     model = build_model(model_config("tiny", vocab_size=512, eos_id=0), seed=0)
     first, second = (dataset.collate([item]) for item, _ in zip(dataset, range(2)))
     assert torch.equal(first["shift_labels"][:, :-1], first["input_ids"][:, 1:])  # the next tokens
