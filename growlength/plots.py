@@ -139,7 +139,7 @@ def plot_extrapolation(reports: list[dict], out: str | Path) -> Path:
     """Perplexity against evaluation length: one colour per model, one line style per RoPE mode; each
     model's longest trained length dotted."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     styles = dict(zip(("none", "linear", "dynamic", "yarn"), ("o-", "s--", "^-.", "d:")))
     for i, report in enumerate(reports):
         name = _model_name(report["checkpoint"])
@@ -161,12 +161,14 @@ def plot_extrapolation(reports: list[dict], out: str | Path) -> Path:
     ax.set_xlabel("evaluation length (dotted: longest trained length)")
     ax.set_ylabel("val perplexity")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("length extrapolation, with and without RoPE scaling")
     return _save(fig, out)
 
 
 def _model_name(checkpoint: str) -> str:
-    """The run folder's name for a checkpoint at RUN/checkpoints/step_N, else the folder's own."""
+    """The run folder's name for a checkpoint at RUN/checkpoints/step_N (RECIPE/repeatK for a bench's
+    runs), else the folder's own."""
     path = Path(checkpoint)
-    return path.parent.parent.name if path.parent.name == "checkpoints" else path.name
+    run = path.parent.parent if path.parent.name == "checkpoints" else path
+    return f"{run.parent.name}/{run.name}" if run.name.startswith("repeat") else run.name

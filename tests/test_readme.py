@@ -1,4 +1,7 @@
-"""Docs run: every ```python block of the README executes, and every command it names is one we ship."""
+"""Docs run: every ```python block of the README executes, and every command it names is one we ship.
+
+(```py blocks are excerpts that need a trained run or a model: tests/test_export.py and
+tests/test_hf_trainer.py run the same code for real.)"""
 
 import re
 from pathlib import Path
@@ -23,6 +26,6 @@ def test_readme_flags_exist():
     every_help = "".join(sub.format_help() for sub in commands.values())
     flags = set(re.findall(r"`(--[a-zA-Z_-]+)", README))
     assert len(flags) > 15
-    torchrun = {"--standalone", "--nproc_per_node"}
-    missing = [f for f in flags - {"--FLAG", *torchrun} if f not in every_help]
+    launchers = {"--standalone", "--nproc_per_node", "--num_processes"}  # torchrun's and accelerate's
+    missing = [f for f in flags - {"--FLAG", *launchers} if f not in every_help]
     assert not missing
