@@ -64,7 +64,6 @@ def main():
         save_steps=opts.save_steps,
         save_total_limit=2,
         include_num_input_tokens_seen=True,
-        accelerator_config={"dispatch_batches": False},  # GROWLENGTH: each process reads its own rows
         report_to=opts.report_to,
         use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available(),

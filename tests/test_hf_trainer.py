@@ -23,12 +23,15 @@ SMALL = ["--max-steps", "12", "--start-len", "64", "--target-len", "256", "--tok
 SMALL += ["--accum", "2", "--save-steps", "6", "--logging-steps", "1", "--hidden", "64", "--layers", "2"]
 
 
-def run_example(data, out, *extra):
+def run_example(data, out, *extra, processes=1):
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     result = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--data", str(data), "--out", str(out), *SMALL, *extra],
+        [*launcher, str(EXAMPLE), "--data", str(data), "--out", str(out), *SMALL, *extra],
         capture_output=True,
         text=True,
-        env=CHILD_ENV,
+        env={**CHILD_ENV, "OMP_NUM_THREADS": "1"} if processes > 1 else CHILD_ENV,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -60,6 +63,15 @@ def test_resume_from_a_trainer_checkpoint_continues_exactly(corpus, example_run,
     resumed = run_example(corpus, moved, "--resume")
     keys = ("step", "seq_len", "loss", "learning_rate", "num_input_tokens_seen")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in logs]
+
+
+def test_two_processes_train_what_one_process_trains_with_twice_the_accumulation(corpus, example_run, tmp_path):
+    """torchrun, 2 processes x 1 micro-batch per step against 1 process x 2: the same global batches."""
+    _, logs = example_run
+    two = run_example(corpus, tmp_path / "two", "--accum", "1", processes=2)
+    keys = ("step", "seq_len", "num_input_tokens_seen")
+    assert [[r[k] for k in keys] for r in two] == [[r[k] for k in keys] for r in logs]
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in logs], abs=1e-5)
 
 
 def test_trainer_loss_is_the_mean_over_every_target_token(corpus, tmp_path):

@@ -21,9 +21,10 @@ Resume: the items are a pure function of (data, seed, schedule, item index). Whe
 checkpoint it skips the batches of the steps already trained, which replays the loader's cursor to the
 same data position and the schedule to the same stage.
 
-Under torchrun / `accelerate launch` each process reads its own slice of each step's rows (as in
-`growlength train`), so batches must not be dispatched from process 0: pass
-`accelerator_config={"dispatch_batches": False}` to TrainingArguments.
+Under torchrun / `accelerate launch` with N processes, the dataset is one stream of micro-batches and
+accelerate hands process p the p-th of every N (whether it shards the stream or dispatches from
+process 0), so a step is gradient_accumulation_steps x N consecutive micro-batches at one length: the
+same tokens one process would read with N times the accumulation.
 """
 
 import itertools
@@ -45,28 +46,24 @@ class GrowLengthDataset(torch.utils.data.IterableDataset):
         self.tokens = open_tokens(data).train
         self.schedule, self.tokens_per_batch, self.block_tokens = schedule, tokens_per_batch, block_tokens
         self.max_steps, self.accum, self.seed = args.max_steps, args.gradient_accumulation_steps, args.seed
-        self.world_size = max(1, args.world_size)
-        self.tokens_per_step = tokens_per_batch * self.accum * self.world_size
+        self.items_per_step = self.accum * max(1, args.world_size)
+        self.tokens_per_step = tokens_per_batch * self.items_per_step
         shapes = check_lengths(
             schedule.all_lengths(),
-            tokens_per_step=tokens_per_batch * self.world_size,
+            tokens_per_step=tokens_per_batch,
             target_len=schedule.max_len,
             micro_batch_tokens=tokens_per_batch,
-            world_size=self.world_size,
         )
-        self.rows = {s.seq_len: s.rows for s in shapes}  # rows over all processes
+        self.rows = {s.seq_len: s.rows for s in shapes}
 
     def seq_len_at(self, step: int) -> int:
         """The length of optimizer step `step` (0-based)."""
         return self.schedule.seq_len_at(min(step, self.max_steps) / self.max_steps)
 
     def __iter__(self):
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        loader = Loader(
-            self.tokens, seed=self.seed, block_tokens=self.block_tokens, rank=rank, world_size=self.world_size
-        )
+        loader = Loader(self.tokens, seed=self.seed, block_tokens=self.block_tokens)
         for item in itertools.count():
-            seq_len = self.seq_len_at(item // self.accum)
+            seq_len = self.seq_len_at(item // self.items_per_step)
             inputs, targets = loader.next_batch(seq_len, self.rows[seq_len])
             yield {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(targets)}
 
@@ -87,10 +84,11 @@ class GrowLengthCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         _check_args(args)
-        if (args.max_steps, args.gradient_accumulation_steps) != (self.dataset.max_steps, self.dataset.accum):
+        built_for = (self.dataset.max_steps, self.dataset.items_per_step)
+        if (args.max_steps, args.gradient_accumulation_steps * max(1, args.world_size)) != built_for:
             raise GrowLengthError(
-                "max_steps and gradient_accumulation_steps changed after the GrowLengthDataset was built: "
-                "build it from the TrainingArguments the Trainer uses"
+                "max_steps, gradient_accumulation_steps or the number of processes changed after the "
+                "GrowLengthDataset was built: build it from the TrainingArguments the Trainer uses"
             )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -113,8 +111,5 @@ def _check_args(args) -> None:
         problems.append("set per_device_train_batch_size=1 (each item is a whole micro-batch)")
     if args.dataloader_num_workers != 0:
         problems.append("set dataloader_num_workers=0 (the stream has one cursor)")
-    dispatch = getattr(args.accelerator_config, "dispatch_batches", None)
-    if args.world_size > 1 and dispatch is not False:
-        problems.append('pass accelerator_config={"dispatch_batches": False} (each process reads its own rows)')
     if problems:
         raise GrowLengthError("GrowLength with Trainer: " + "; ".join(problems))
