@@ -69,6 +69,7 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
         checkpoint(run, last_eval={})
         checkpoint_s = time.perf_counter() - started
         loader_tps = _loader_tokens_per_s(run, shapes[0])
+        run.trackers.close()
     return _report(run.model, shapes, ours, bare, peak, first, checkpoint_s, loader_tps, run.device)
 
 
