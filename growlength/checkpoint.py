@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -112,6 +113,41 @@ def read_weights(path: Path) -> dict:
 def load_model_weights(path: Path, model) -> None:
     """Weights into a plain (unwrapped, unsharded) model."""
     model.load_state_dict(read_weights(path))
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A checkpoint as eval and export use it: its folder, saved state, model config and val/train data."""
+
+    path: Path
+    state: dict
+    model_cfg: object
+    data: object  # tokens.TokenData
+
+    @property
+    def longest_trained(self) -> int:
+        """The longest length the run trained at (its target if it trained none yet)."""
+        return max(self.state["progress"]["seq_lens"] or [self.state["config"]["target_len"]])
+
+
+def open_checkpoint(ckpt: str | Path, data: str | None = None) -> Opened:
+    """A checkpoint (or a run folder's newest one) with the run's prepared data (or `data`), checked
+    to fit the model's vocabulary."""
+    from transformers import AutoConfig
+
+    from growlength.prepare import resolve_data
+    from growlength.tokens import open_tokens
+
+    path = resolve_checkpoint(ckpt)
+    state = read_state(path)
+    cfg = state["config"]
+    tokens = open_tokens(data or resolve_data(cfg["data"], cfg["vocab_size"]))
+    model_cfg = AutoConfig.from_pretrained(str(path))
+    if tokens.vocab_size > model_cfg.vocab_size:
+        raise GrowLengthError(
+            f"data {tokens.path} has {tokens.vocab_size} tokens, more than the model's {model_cfg.vocab_size}"
+        )
+    return Opened(path, state, model_cfg, tokens)
 
 
 def model_from_checkpoint(path: Path, model_cfg, device):

@@ -91,25 +91,14 @@ def evaluate_checkpoint(
     """Per-length loss and perplexity of a checkpoint (or a run folder's newest one) on the val split,
     once per RoPE scaling mode. The default factor stretches the longest trained length to the longest
     length asked for."""
-    from transformers import AutoConfig
-
-    from growlength.checkpoint import model_from_checkpoint, read_state, resolve_checkpoint
+    from growlength.checkpoint import model_from_checkpoint, open_checkpoint
     from growlength.models import max_positions
     from growlength.plan import device_for
-    from growlength.prepare import resolve_data
-    from growlength.tokens import open_tokens
 
-    path = resolve_checkpoint(ckpt)
-    state = read_state(path)
-    cfg = state["config"]
-    tokens = open_tokens(data or resolve_data(cfg["data"], cfg["vocab_size"]))
+    opened = open_checkpoint(ckpt, data)
+    path, cfg, model_cfg, tokens = opened.path, opened.state["config"], opened.model_cfg, opened.data
     eval_tokens = eval_tokens or max(cfg["eval_tokens"], max(lengths))
-    model_cfg = AutoConfig.from_pretrained(str(path))
-    if tokens.vocab_size > model_cfg.vocab_size:
-        raise GrowLengthError(
-            f"data {tokens.path} has {tokens.vocab_size} tokens, more than the model's {model_cfg.vocab_size}"
-        )
-    trained = max(state["progress"]["seq_lens"] or [cfg["target_len"]])
+    trained = opened.longest_trained
     factor = rope_factor or max(1.0, max(lengths) / trained)
     configs = {mode: rope_scaled(model_cfg, mode, factor, trained) for mode in rope_scaling}
     dev = device_for(device)

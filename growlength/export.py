@@ -19,32 +19,24 @@ from growlength.errors import GrowLengthError
 def export(ckpt: str | Path, out: str | Path, *, data: str | None = None) -> Path:
     """Write the checkpoint (or a run folder's newest one) to `out` as a Hugging Face model folder;
     the tokenizer comes from the run's prepared data (or `data`)."""
-    from transformers import AutoConfig
-
-    from growlength.checkpoint import model_from_checkpoint, read_state, resolve_checkpoint
-    from growlength.prepare import resolve_data
-    from growlength.tokens import file_sha256, open_tokens
+    from growlength.checkpoint import model_from_checkpoint, open_checkpoint
+    from growlength.tokens import file_sha256
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise GrowLengthError(f"{out} exists and is not empty: choose a new --out")
-    path = resolve_checkpoint(ckpt)
-    state = read_state(path)
-    cfg = state["config"]
-    tokens = open_tokens(data or resolve_data(cfg["data"], cfg["vocab_size"]))
-    tokenizer_file = tokens.path / "tokenizer.json"
-    trained_with = state.get("tokenizer_sha256")
+    opened = open_checkpoint(ckpt, data)
+    tokenizer_file = opened.data.path / "tokenizer.json"
+    trained_with = opened.state.get("tokenizer_sha256")
     if trained_with and file_sha256(tokenizer_file) != trained_with:
         raise GrowLengthError(
             f"{tokenizer_file} is not the tokenizer this model was trained with: give the run's data with --data"
         )
-    model = model_from_checkpoint(path, AutoConfig.from_pretrained(str(path)), "cpu")
-    if tokens.vocab_size > model.config.vocab_size:
-        raise GrowLengthError(f"{tokens.path} has {tokens.vocab_size} tokens, more than the model's vocabulary")
+    model = model_from_checkpoint(opened.path, opened.model_cfg, "cpu")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(model, tokens, state, path, tmp)
+        _write(model, opened, tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -53,11 +45,12 @@ def export(ckpt: str | Path, out: str | Path, *, data: str | None = None) -> Pat
     return out
 
 
-def _write(model, tokens, state: dict, path: Path, tmp: Path) -> None:
+def _write(model, opened, tmp: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
+    tokens, state = opened.data, opened.state
     eos_id, eos = int(tokens.meta["eos_id"]), tokens.meta["eos_token"]
-    longest = max(state["progress"]["seq_lens"] or [state["config"]["target_len"]])
+    longest = opened.longest_trained
     model.config.eos_token_id = model.config.bos_token_id = eos_id
     model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos_id
     model.save_pretrained(str(tmp))
@@ -70,7 +63,7 @@ def _write(model, tokens, state: dict, path: Path, tmp: Path) -> None:
     )
     tokenizer.save_pretrained(str(tmp))
     provenance = {
-        "checkpoint": str(path.resolve()),
+        "checkpoint": str(opened.path.resolve()),
         "step": state["progress"]["step"],
         "tokens": state["progress"]["tokens"],
         "trained_lengths": state["progress"]["seq_lens"],
