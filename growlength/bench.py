@@ -14,31 +14,9 @@ from pathlib import Path
 
 from growlength.config import TrainConfig, coerce, load_config, read_yaml
 from growlength.errors import GrowLengthError
+from growlength.recipes import recipe
 
 BASELINE = "fixed-target"
-
-
-def recipe(name: str, *, short_len: int, start_len: int) -> dict:
-    """Train-config overrides of a named recipe."""
-    recipes = {
-        # the baseline: every step at the target length
-        "fixed-target": {"schedule": "constant"},
-        # the paper's "LLM128": all steps short, evaluated at the target (extrapolation)
-        "fixed-short": {"schedule": "stages", "stages": f"{short_len}:1"},
-        # GrowLength: doubling stages, equal shares of the budget, constant tokens per step
-        "growlength": {"schedule": "doubling", "start_len": start_len},
-        "growlength-64": {"schedule": "doubling", "start_len": 64},
-        # GrowLength with rows held constant: short steps hold fewer tokens, so early steps are cheap and
-        # many (the paper leaves its batch policy unstated; this is the other reading of it)
-        "growlength-rows": {"schedule": "doubling", "start_len": start_len, "batch_policy": "rows"},
-        # Composer SeqLengthWarmup defaults: 8 -> target in steps of 8 over 30%, rows constant, truncated
-        "composer": {"schedule": "linear", "start_len": 8, "multiple": 8, "ramp": 0.3, "batch_policy": "truncate"},
-        # DeepSpeed seqlen curriculum, fixed_linear, difficulty_step 8, reshaped to ~constant tokens
-        "deepspeed": {"schedule": "linear", "start_len": 8, "multiple": 8, "ramp": 0.3, "batch_policy": "reshape"},
-    }
-    if name not in recipes:
-        raise GrowLengthError(f"unknown bench run {name!r}: choose from {', '.join(recipes)}")
-    return recipes[name]
 
 
 DEFAULT_RUNS = "fixed-target,fixed-short,growlength,composer,deepspeed"

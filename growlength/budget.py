@@ -1,6 +1,6 @@
 """Token accounting: how many sequences one optimizer step holds at a given length, and how they split.
 
-Four batch policies, one name each (`batch_policy`):
+Five batch policies, one name each (`batch_policy`):
 
     tokens    rows = tokens_per_step / seq_len, exactly (GrowLength's default: every step moves the model
               by the same amount of data). tokens_per_step=8192: seq_len 128 -> 64 rows, 1024 -> 8 rows.
@@ -9,40 +9,48 @@ Four batch policies, one name each (`batch_policy`):
     rows      rows = tokens_per_step / target_len at every length: a step at 128 holds 1/8 of the
               tokens of a step at 1024; no data is skipped.
     truncate  as rows, but each row is cut from a target_len sample and the rest of the sample is
-              skipped (Composer's SeqLengthWarmup with truncate=True): data is consumed at the target
-              rate while only seq_len tokens per row are trained on.
+              skipped (Composer's SeqLengthWarmup with truncate=True, DeepSpeed's seqlen curriculum by
+              default): data is consumed at the target rate while only seq_len tokens per row are
+              trained on.
+    megatron  Megatron-DeepSpeed's seqlen_reshape: the step reads tokens_per_step / target_len samples;
+              each micro-batch of them is cut into rows of seq_len (recipes.megatron_reshape_rows):
+              8 samples of 1024 at seq_len 8 -> 912 rows, not 1024.
 """
 
 import math
 from dataclasses import dataclass
 
 from growlength.errors import GrowLengthError
+from growlength.recipes import megatron_reshape_rows
 from growlength.schedule import round_up
 
-BATCH_POLICIES = ("tokens", "reshape", "rows", "truncate")
+BATCH_POLICIES = ("tokens", "reshape", "rows", "truncate", "megatron")
 
 
 @dataclass(frozen=True)
 class StepShape:
     """One optimizer step: `rows` sequences of `seq_len` over all ranks. Each rank runs `accum`
     micro-batches of at most `micro_rows` sequences (the last may hold fewer). Row i starts
-    `row_stride` tokens after row i - 1 in the stream (seq_len, or target_len when truncating)."""
+    `row_stride` tokens after row i - 1 in the stream (seq_len, or target_len when truncating).
+    With `samples` (Megatron's reshape) the step reads that many samples of `row_stride` tokens, and
+    each micro-batch's `micro_rows` rows are cut from its share of them."""
 
     seq_len: int
     rows: int
     micro_rows: int
     accum: int
     row_stride: int
+    samples: int = 0
 
     @property
     def tokens(self) -> int:
-        """Tokens trained on (each is a target once)."""
+        """Tokens trained on (each is a target once, but for Megatron's overlapping tail rows)."""
         return self.rows * self.seq_len
 
     @property
     def consumed(self) -> int:
         """Tokens of the stream the step moves past (more than `tokens` when truncating)."""
-        return self.rows * self.row_stride
+        return (self.samples or self.rows) * self.row_stride
 
 
 def step_shape(
@@ -57,6 +65,8 @@ def step_shape(
     """The shape of a step at `seq_len`. Raises GrowLengthError when the numbers do not divide."""
     if batch_policy not in BATCH_POLICIES:
         raise GrowLengthError(f"batch_policy must be one of {', '.join(BATCH_POLICIES)}, got {batch_policy!r}")
+    if batch_policy == "megatron":
+        return _megatron_shape(seq_len, tokens_per_step, target_len, micro_batch_tokens, world_size)
     rows = _rows(seq_len, tokens_per_step, target_len, world_size, batch_policy)
     if rows % world_size:
         raise GrowLengthError(
@@ -67,6 +77,29 @@ def step_shape(
     micro_rows = min(rank_rows, max(1, micro_batch_tokens // seq_len))
     stride = target_len if batch_policy == "truncate" else seq_len
     return StepShape(seq_len, rows, micro_rows, accum=-(-rank_rows // micro_rows), row_stride=stride)
+
+
+def _megatron_shape(
+    seq_len: int, tokens_per_step: int, target_len: int, micro_batch_tokens: int, world_size: int
+) -> StepShape:
+    """Megatron's micro-batch is a whole number of samples (mbs); the step is mbs x world x accum."""
+    mbs = max(1, micro_batch_tokens // target_len)
+    per_micro = mbs * target_len * world_size
+    if tokens_per_step % per_micro:
+        raise GrowLengthError(
+            f"tokens_per_step {tokens_per_step} is not a whole number of micro-batches of {mbs} samples of "
+            f"{target_len} on {world_size} rank(s): use a multiple of {per_micro}"
+        )
+    accum = tokens_per_step // per_micro
+    micro_rows = megatron_reshape_rows(mbs, target_len, seq_len)
+    return StepShape(
+        seq_len,
+        rows=micro_rows * accum * world_size,
+        micro_rows=micro_rows,
+        accum=accum,
+        row_stride=target_len,
+        samples=tokens_per_step // target_len,
+    )
 
 
 def _rows(seq_len: int, tokens_per_step: int, target_len: int, world_size: int, batch_policy: str) -> int:

@@ -41,15 +41,18 @@ class TrainConfig:
     )
     vocab_size: int = _f(2048, "tokenizer size when the embedded corpus is prepared on first use")
     model: str = _f("small", "model preset (tiny, small, pythia-14m/70m/160m/410m, llama-*) or a config.json")
-    schedule: str = _f("doubling", "length schedule: doubling | linear | root | constant | stages")
+    schedule: str = _f(
+        "doubling",
+        "length schedule: doubling | linear | root | constant | stages | deepspeed | composer (the peers' own)",
+    )
     stages: str | None = _f(None, "explicit stages LENGTH:SHARE,... e.g. 128:0.25,256:0.25,1024:0.5")
     start_len: int = _f(128, "first training length (doubling, linear, root)")
     target_len: int = _f(1024, "final training length; must fit the model")
-    ramp: float = _f(0.3, "linear/root: fraction of the budget over which the length grows")
-    multiple: int = _f(64, "linear/root: round lengths down to a multiple of this")
+    ramp: float = _f(0.3, "ramps: fraction of the budget over which the length grows")
+    multiple: int = _f(64, "ramps: lengths are multiples of this (composer: start + k x this)")
     degree: int = _f(2, "root: the root's degree (2 = square root)")
     batch_policy: str = _f(
-        "tokens", "tokens (constant tokens per step) | reshape | rows | truncate: see budget.py"
+        "tokens", "tokens (constant tokens per step) | reshape | rows | truncate | megatron: see budget.py"
     )
     tokens_per_step: int = _f(8192, "tokens per optimizer step over all ranks (at the target length for 'rows')")
     micro_batch_tokens: int = _f(8192, "most tokens in one forward pass per rank; more is accumulated")

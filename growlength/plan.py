@@ -41,6 +41,7 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
         ramp=cfg.ramp,
         multiple=cfg.multiple,
         degree=cfg.degree,
+        total_steps=cfg.budget_steps,
     )
     budget = Budget(steps=cfg.budget_steps, tokens=cfg.budget_tokens, seconds=cfg.budget_seconds)
     model_cfg = model_config(cfg.model, vocab_size=data.vocab_size, eos_id=int(data.meta["eos_id"]))

@@ -9,11 +9,14 @@ Worked example, doubling from 128 to 1024 over a 4e8-token budget (four equal st
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from fractions import Fraction
 
 from growlength.errors import GrowLengthError
+from growlength.recipes import composer_seq_len, composer_seq_len_at, deepspeed_seq_len
 
-SCHEDULES = ("doubling", "linear", "root", "constant", "stages")
+SCHEDULES = ("doubling", "linear", "root", "constant", "stages", "deepspeed", "composer")
+RAMPS = ("linear", "root", "deepspeed", "composer")  # grow in steps of `multiple` rather than in stages
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,8 +56,9 @@ class LengthSchedule:
 
     Stepped schedules (doubling, constant, stages) hold `lengths[i]` until progress reaches `ends[i]`.
     Ramps (linear, root) grow from start_len to target_len over the first `ramp` of the budget as
-    start + (target - start) * (progress / ramp) ** (1 / degree), rounded down to `multiple`
-    (DeepSpeed's fixed_linear and fixed_root curricula).
+    start + (target - start) * (progress / ramp) ** (1 / degree), rounded down to `multiple`.
+    `deepspeed` and `composer` are those peers' own formulas (recipes.py): exact, in their step
+    numbering, when the budget is a number of steps (`total_steps`), their continuous form otherwise.
     """
 
     kind: str
@@ -65,16 +69,47 @@ class LengthSchedule:
     ramp: float = 0.0
     multiple: int = 1
     degree: int = 1
-    _ramp_lengths: tuple[int, ...] = field(default=(), repr=False)
+    total_steps: int | None = None
+
+    @property
+    def is_ramp(self) -> bool:
+        return self.kind in RAMPS
 
     def seq_len_at(self, progress: float) -> int:
-        if self.kind in ("linear", "root"):
+        if self.kind == "deepspeed":
+            return self._deepspeed(progress)
+        if self.kind == "composer":
+            return self._composer(progress)
+        if self.is_ramp:
             return ramp_seq_len(progress, self.start_len, self.target_len, self.ramp, self.multiple, self.degree)
         return stepped_seq_len(progress, self.lengths, self.ends)
 
+    def _deepspeed(self, progress: float) -> int:
+        lengths = dict(min_len=self.start_len, max_len=self.target_len, difficulty_step=self.multiple)
+        if self.ramp <= 0:
+            return self.target_len
+        if self.total_steps is None:
+            return deepspeed_seq_len(progress, total_curriculum_step=self.ramp, **lengths)
+        # progress = steps done / total; DeepSpeed trains step k + 1 at global_steps + 1 (engine.py)
+        steps_done = round(progress * self.total_steps)
+        total = max(1, round(self.ramp * self.total_steps))
+        return deepspeed_seq_len(steps_done + 1, total_curriculum_step=total, **lengths)
+
+    def _composer(self, progress: float) -> int:
+        lengths = dict(min_len=self.start_len, max_len=self.target_len, step_size=self.multiple)
+        if self.total_steps is None:
+            return composer_seq_len_at(progress, duration=self.ramp, **lengths)
+        batch = round(progress * self.total_steps)
+        return composer_seq_len(batch, max_duration_batches=self.total_steps, duration=self.ramp, **lengths)
+
     def all_lengths(self) -> tuple[int, ...]:
         """Every seq_len this schedule can return, shortest first (for up-front checks)."""
-        if self.kind in ("linear", "root"):
+        if self.kind == "composer":  # start, start + step, ... (not multiples of the step)
+            return tuple(sorted({*range(self.start_len, self.target_len, self.multiple), self.target_len}))
+        if self.kind == "deepspeed":  # multiples of the step from the first at or above start
+            first = round_up(self.start_len, self.multiple)
+            return tuple(sorted({*range(first, self.target_len, self.multiple), self.target_len}))
+        if self.is_ramp:
             inner = range(round_up(self.start_len + 1, self.multiple), self.target_len, self.multiple)
             return tuple(sorted({self.start_len, *inner, self.target_len}))
         return self.lengths
@@ -117,14 +152,14 @@ def doubling_lengths(start_len: int, target_len: int) -> tuple[int, ...]:
     return tuple(lengths)
 
 
-def parse_stages(text: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """'128:0.25,256:0.25,1024:0.5' -> lengths (128, 256, 1024) and shares (0.25, 0.25, 0.5)."""
+def parse_stages(text: str) -> tuple[tuple[int, ...], tuple[Fraction, ...]]:
+    """'128:0.25,256:0.25,1024:0.5' -> lengths (128, 256, 1024) and exact shares (1/4, 1/4, 1/2)."""
     lengths, shares = [], []
     for item in text.split(","):
         try:
             seq_len, share = item.split(":")
             lengths.append(int(seq_len))
-            shares.append(float(share))
+            shares.append(Fraction(share.strip()))
         except ValueError:
             raise GrowLengthError(
                 f"cannot read stage {item.strip()!r} in {text!r}: write LENGTH:SHARE,... "
@@ -142,8 +177,10 @@ def make_schedule(
     ramp: float = 0.3,
     multiple: int = 64,
     degree: int = 2,
+    total_steps: int | None = None,
 ) -> LengthSchedule:
-    """Build and validate a schedule. Raises GrowLengthError with the fix for any bad value."""
+    """Build and validate a schedule (`total_steps`: the budget in steps, when it is one). Raises
+    GrowLengthError with the fix for any bad value."""
     if kind not in SCHEDULES:
         raise GrowLengthError(f"unknown schedule {kind!r}: choose one of {', '.join(SCHEDULES)}")
     if kind == "stages":
@@ -156,27 +193,32 @@ def make_schedule(
         return _stepped("constant", (target_len,), (1.0,))
     if kind == "doubling":
         lengths = doubling_lengths(start_len, target_len)
-        return _stepped("doubling", lengths, (1.0 / len(lengths),) * len(lengths))
+        return _stepped("doubling", lengths, (Fraction(1, len(lengths)),) * len(lengths))
     if not 0.0 <= ramp <= 1.0:
         raise GrowLengthError(f"ramp must be a fraction of the budget in [0, 1], got {ramp}")
     if multiple < 1:
         raise GrowLengthError(f"multiple must be at least 1, got {multiple}")
-    return LengthSchedule(
+    schedule = LengthSchedule(
         kind=kind,
         start_len=start_len,
         target_len=target_len,
         ramp=ramp,
         multiple=multiple,
-        degree=1 if kind == "linear" else degree,
+        degree=degree if kind == "root" else 1,
+        total_steps=total_steps if kind in ("deepspeed", "composer") else None,
     )
+    schedule.seq_len_at(0.0)  # Composer's own formula raises here for runs it cannot do
+    return schedule
 
 
-def _stepped(kind: str, lengths: tuple[int, ...], shares: tuple[float, ...]) -> LengthSchedule:
+def _stepped(kind: str, lengths: tuple[int, ...], shares: tuple[Fraction, ...]) -> LengthSchedule:
+    """Stage i ends at the exact sum of the first i + 1 shares, rounded once to a float: five shares of
+    0.2 end at 0.2, 0.4, 0.6, 0.8, 1 (summing floats would put the third end at 0.6000000000000001)."""
     _check_lengths(lengths, allow_equal=False)
-    if any(s <= 0 for s in shares) or not math.isclose(sum(shares), 1.0, abs_tol=1e-6):
-        raise GrowLengthError(f"stage shares must be positive and sum to 1, got {list(shares)}")
-    ends = tuple(min(1.0, sum(shares[: i + 1])) for i in range(len(shares)))
-    return LengthSchedule(kind=kind, lengths=lengths, ends=ends[:-1] + (1.0,))
+    if any(s <= 0 for s in shares) or abs(sum(shares) - 1) > Fraction(1, 10**6):
+        raise GrowLengthError(f"stage shares must be positive and sum to 1, got {[float(s) for s in shares]}")
+    ends = [float(sum(shares[: i + 1])) for i in range(len(shares) - 1)]
+    return LengthSchedule(kind=kind, lengths=lengths, ends=(*ends, 1.0))
 
 
 def _check_lengths(lengths: tuple[int, ...], *, allow_equal: bool) -> None:

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from growlength import dist
@@ -22,6 +23,7 @@ from growlength.errors import GrowLengthError
 from growlength.evaluate import autocast_context, lm_loss, val_losses
 from growlength.models import build_model, count_params
 from growlength.plan import data_path, device_for, make_out_dir, preflight, resolve_config
+from growlength.recipes import megatron_reshape
 from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at
 from growlength.tokens import Loader, TokenData
 from growlength.trackers import NoTrackers, Trackers, tracker_names
@@ -38,6 +40,7 @@ class Progress:
     evals: int = 0
     last_eval_step: int = -1
     seq_lens: list[int] = field(default_factory=list)
+    step_s_by_len: dict[str, float] = field(default_factory=dict)  # the last step's seconds at each length
     recent: list[tuple[int, float]] = field(default_factory=list)  # (seq_len, loss) of the last 5 steps
 
 
@@ -79,9 +82,10 @@ def _loop(run: Run, show_progress: bool) -> dict:
     while not finished(run):
         fraction = run.budget.progress(step=p.step, tokens=p.tokens, seconds=p.seconds)
         shape = run.shapes[run.schedule.seq_len_at(fraction)]
-        lr = set_lr(run, _fraction_after_step(run, shape))
+        if not worth_a_step(run, shape):
+            break
         started = time.perf_counter()
-        loss = train_step(run, shape)
+        loss, lr = train_step(run, shape, started)
         step_s = dist.broadcast_float(time.perf_counter() - started)
         advance(p, shape, step_s)
         record = log_step(run, shape, loss, lr, step_s)
@@ -139,10 +143,11 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     )
 
 
-def train_step(run: Run, shape: StepShape) -> float:
-    """One optimizer step: accumulate gradients over micro-batches, clip, step. Returns the mean loss."""
-    inputs, targets = run.loader.next_batch(shape.seq_len, shape.rows, row_stride=shape.row_stride)
-    total = 0.0
+def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float]:
+    """One optimizer step: accumulate gradients over micro-batches, clip, set the LR, step.
+    Returns the mean loss and the LR used."""
+    inputs, targets = read_batch(run.loader, shape)
+    total = torch.zeros((), device=run.device)
     for micro in range(shape.accum):
         rows = slice(micro * shape.micro_rows, (micro + 1) * shape.micro_rows)
         x = torch.from_numpy(inputs[rows]).to(run.device, non_blocking=True)
@@ -152,18 +157,33 @@ def train_step(run: Run, shape: StepShape) -> float:
         with dist.no_sync(run.model, micro == shape.accum - 1), run.autocast():
             loss = lm_loss(run.model, x, y) * weight
             loss.backward()
-        total += loss.item()
+        total += loss.detach()  # on the device: one sync per step, below
     if run.cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    lr = set_lr(run, _fraction_after_step(run, shape, started))
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    loss = dist.mean_over_ranks(total)
+    loss = dist.mean_over_ranks(total.item())
     if not math.isfinite(loss):
         raise GrowLengthError(
             f"the loss is {loss} at step {run.progress.step + 1} (seq_len {shape.seq_len}): training stopped; "
             "the last good checkpoint is intact. Lower lr or raise warmup and resume"
         )
-    return loss
+    return loss, lr
+
+
+def read_batch(loader: Loader, shape: StepShape) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's (inputs, targets) of one step: windows of the stream, or for Megatron's reshape the
+    step's samples of row_stride + 1 tokens, each micro-batch of them cut into rows of seq_len."""
+    if not shape.samples:
+        return loader.next_batch(shape.seq_len, shape.rows, row_stride=shape.row_stride)
+    inputs, targets = loader.next_batch(shape.row_stride, shape.samples)
+    samples_BS = np.concatenate([inputs, targets[:, -1:]], axis=1)
+    mbs = len(samples_BS) // shape.accum
+    rows_R = np.concatenate(
+        [megatron_reshape(samples_BS[i * mbs : (i + 1) * mbs], shape.seq_len) for i in range(shape.accum)]
+    )
+    return rows_R[:, :-1], rows_R[:, 1:]
 
 
 def advance(p: Progress, shape: StepShape, step_s: float) -> None:
@@ -171,6 +191,7 @@ def advance(p: Progress, shape: StepShape, step_s: float) -> None:
     p.tokens += shape.tokens
     p.seconds += step_s
     p.last_step_s = step_s
+    p.step_s_by_len[str(shape.seq_len)] = step_s
     if shape.seq_len not in p.seq_lens:
         p.seq_lens.append(shape.seq_len)
 
@@ -180,6 +201,17 @@ def finished(run: Run) -> bool:
     return run.budget.progress(step=p.step, tokens=p.tokens, seconds=p.seconds) >= 1.0
 
 
+def worth_a_step(run: Run, shape: StepShape) -> bool:
+    """Under a seconds budget, take the next step only if it ends nearer the budget than stopping now
+    does (its time estimated by the last step at its length, else the last step): every run then
+    trains within half a step of the budget, instead of always past it."""
+    p = run.progress
+    if run.budget.seconds is None:
+        return True
+    estimate = p.step_s_by_len.get(str(shape.seq_len), p.last_step_s)
+    return p.seconds + estimate / 2 <= run.budget.seconds
+
+
 def set_lr(run: Run, fraction: float) -> float:
     lr = lr_at(fraction, lr=run.cfg.lr, warmup=run.cfg.warmup, min_lr_ratio=run.cfg.min_lr_ratio)
     for group in run.optimizer.param_groups:
@@ -187,11 +219,15 @@ def set_lr(run: Run, fraction: float) -> float:
     return lr
 
 
-def _fraction_after_step(run: Run, shape: StepShape) -> float:
-    """Progress at the end of the coming step (known exactly for steps and tokens, estimated for time):
-    the LR of step 1 is then small but not zero."""
+def _fraction_after_step(run: Run, shape: StepShape, started: float) -> float:
+    """Progress at the end of this step, which the LR is set for. Known exactly for steps and tokens;
+    for seconds, the time spent so far (rank 0's, so every rank sets the same LR) stands for the step's:
+    the optimizer step itself is what remains. So the first step trains at a small LR, not at zero."""
     p = run.progress
-    return run.budget.progress(step=p.step + 1, tokens=p.tokens + shape.tokens, seconds=p.seconds + p.last_step_s)
+    seconds = p.seconds
+    if run.budget.seconds is not None:
+        seconds += dist.broadcast_float(time.perf_counter() - started)
+    return run.budget.progress(step=p.step + 1, tokens=p.tokens + shape.tokens, seconds=seconds)
 
 
 def eval_count(run: Run) -> int:
@@ -265,8 +301,7 @@ def _eval_lengths(run: Run) -> list[int]:
     if not run.cfg.eval_seen_lengths:
         return [target]
     grid = set(doubling_lengths(run.schedule.all_lengths()[0], target))
-    stepped = run.schedule.kind not in ("linear", "root")
-    return sorted({target} | {s for s in run.progress.seq_lens if stepped or s in grid})
+    return sorted({target} | {s for s in run.progress.seq_lens if not run.schedule.is_ramp or s in grid})
 
 
 def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) -> dict:

@@ -3,7 +3,7 @@ import json
 import pytest
 from conftest import tiny_config
 
-from growlength.bench import BenchConfig, bench, format_table, recipe, run_config, time_to_reach
+from growlength.bench import BenchConfig, bench, format_table, run_config, time_to_reach
 from growlength.errors import GrowLengthError
 
 
@@ -19,21 +19,6 @@ from growlength.errors import GrowLengthError
 )
 def test_time_to_reach(xs, losses, level, expected):
     assert time_to_reach(xs, losses, level) == expected
-
-
-def test_recipes_are_what_the_peers_ship():
-    composer = recipe("composer", short_len=128, start_len=128)
-    assert composer == {
-        "schedule": "linear",
-        "start_len": 8,
-        "multiple": 8,
-        "ramp": 0.3,
-        "batch_policy": "truncate",
-    }
-    assert recipe("deepspeed", short_len=128, start_len=128)["batch_policy"] == "reshape"
-    assert recipe("fixed-short", short_len=64, start_len=128)["stages"] == "64:1"
-    with pytest.raises(GrowLengthError, match="unknown bench run"):
-        recipe("nope", short_len=128, start_len=128)
 
 
 def test_bench_config():

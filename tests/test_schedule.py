@@ -159,3 +159,15 @@ def test_lr_warmup_then_cosine():
 def test_lr_without_warmup_starts_at_peak():
     assert lr_at(0.0, lr=3e-4, warmup=0.0, min_lr_ratio=0.0) == pytest.approx(3e-4)
     assert math.isclose(lr_at(1.0, lr=3e-4, warmup=0.0, min_lr_ratio=0.0), 0.0, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize(("n_stages", "steps"), [(5, 10), (5, 25), (6, 12), (6, 18), (3, 9)])
+def test_stages_split_a_step_budget_exactly(n_stages, steps):
+    # five shares of 0.2 summed as floats end the third stage at 0.6000000000000001: 10 steps went 2/2/3/1/2
+    lengths = [64 * 2**i for i in range(n_stages)]
+    text = ",".join(f"{n}:{1 / n_stages:.10g}" if n_stages != 6 else f"{n}:1/6" for n in lengths)
+    schedule = make_schedule("stages", start_len=1, target_len=1, stages=text)
+    per_stage = [sum(schedule.seq_len_at(k / steps) == n for k in range(steps)) for n in lengths]
+    assert per_stage == [steps // n_stages] * n_stages
+    doubling = make_schedule("doubling", start_len=64, target_len=lengths[-1])
+    assert [sum(doubling.seq_len_at(k / steps) == n for k in range(steps)) for n in lengths] == per_stage
