@@ -83,7 +83,7 @@ def _megatron_shape(
     seq_len: int, tokens_per_step: int, target_len: int, micro_batch_tokens: int, world_size: int
 ) -> StepShape:
     """Megatron's micro-batch is a whole number of samples (mbs); the step is mbs x world x accum."""
-    mbs = max(1, micro_batch_tokens // target_len)
+    mbs = max(1, min(micro_batch_tokens, tokens_per_step // world_size) // target_len)
     per_micro = mbs * target_len * world_size
     if tokens_per_step % per_micro:
         raise GrowLengthError(
@@ -127,6 +127,8 @@ def check_lengths(lengths: tuple[int, ...], **shape_kwargs) -> list[StepShape]:
         try:
             step_shape(seq_len, **shape_kwargs)
         except GrowLengthError:
+            if policy == "megatron":  # whole micro-batches of samples, whatever the length: its own message
+                raise
             bad.append(seq_len)
     if bad:
         tokens_per_step, world_size = shape_kwargs["tokens_per_step"], shape_kwargs.get("world_size", 1)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from growlength.bench import DEFAULT_RUNS
 from growlength.errors import GrowLengthError
+from growlength.recipes import RECIPES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +62,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--config", help="YAML file of train and bench keys (flags override it)")
     bench.add_argument("--out", required=True, help="bench folder: one run folder per recipe, bench.json, PNGs")
-    bench.add_argument("--runs", help=f"comma-separated recipes (default {DEFAULT_RUNS}; also growlength-64)")
-    bench.add_argument("--repeats", help="run every recipe this many times, interleaved, seeds seed..seed+N-1")
+    bench.add_argument(
+        "--runs", help=f"comma-separated recipes (default {DEFAULT_RUNS}; all: {', '.join(RECIPES)})"
+    )
+    bench.add_argument(
+        "--sweep",
+        help="grid of train keys run for every recipe first, e.g. 'lr=1e-3,2e-3 tokens_per_step=2048,8192'; "
+        "each recipe's best point is then rerun with fresh seeds",
+    )
+    bench.add_argument("--repeats", help="seeds per recipe (its best point), run interleaved (default 2)")
+    bench.add_argument(
+        "--equal-tokens",
+        action="store_const",
+        const=True,
+        help="also rerun each best point for the baseline's tokens: final loss at equal tokens",
+    )
     bench.add_argument("--short-len", help="length of the fixed-short run (default 128)")
     bench.add_argument("--extrapolate", help="lengths of the final eval (default short-len ... 2 x target)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -43,7 +43,8 @@ class TrainConfig:
     model: str = _f("small", "model preset (tiny, small, pythia-14m/70m/160m/410m, llama-*) or a config.json")
     schedule: str = _f(
         "doubling",
-        "length schedule: doubling | linear | root | constant | stages | deepspeed | composer (the peers' own)",
+        "length schedule: doubling | linear | root | constant | stages | deepspeed | composer (the peers' own) "
+        "| dd (Dataset Decomposition: power-of-two document chunks, one bucket per step)",
     )
     stages: str | None = _f(None, "explicit stages LENGTH:SHARE,... e.g. 128:0.25,256:0.25,1024:0.5")
     start_len: int = _f(128, "first training length (doubling, linear, root)")
@@ -51,6 +52,7 @@ class TrainConfig:
     ramp: float = _f(0.3, "ramps: fraction of the budget over which the length grows")
     multiple: int = _f(64, "ramps: lengths are multiples of this (composer: start + k x this)")
     degree: int = _f(2, "root: the root's degree (2 = square root)")
+    rope_theta: float | None = _f(None, "RoPE base (default: the model's; Dataset Decomposition uses 100000)")
     batch_policy: str = _f(
         "tokens", "tokens (constant tokens per step) | reshape | rows | truncate | megatron: see budget.py"
     )

@@ -45,6 +45,7 @@ def _llama(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
 PRESETS: dict[str, dict] = {
     "tiny": _neox(64, 2, 2),
     "small": _neox(256, 4, 4),
+    "small-16k": {**_neox(256, 4, 4), "max_position_embeddings": 16384},  # for long-target CPU benches
     "pythia-14m": _neox(128, 6, 4),
     "pythia-70m": _neox(512, 6, 8),
     "pythia-160m": _neox(768, 12, 12),
@@ -55,8 +56,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def model_config(model: str, *, vocab_size: int, eos_id: int):
-    """The HF config for a preset name or a config.json path, sized for a tokenizer of vocab_size."""
+def model_config(model: str, *, vocab_size: int, eos_id: int, rope_theta: float | None = None):
+    """The HF config for a preset name or a config.json path, sized for a tokenizer of vocab_size;
+    `rope_theta` replaces the RoPE base."""
     from transformers import AutoConfig
 
     if model in PRESETS:
@@ -66,6 +68,10 @@ def model_config(model: str, *, vocab_size: int, eos_id: int):
     else:
         fields = _read_config_json(model)
     fields.update(bos_token_id=eos_id, eos_token_id=eos_id)
+    if rope_theta is not None:
+        rope = dict(fields.get("rope_parameters") or {"rope_type": "default"})
+        fields["rope_parameters"] = {**rope, "rope_theta": float(rope_theta)}
+        fields.pop("rope_theta", None)
     model_type = fields.pop("model_type")
     try:
         config = AutoConfig.for_model(model_type, **fields)

@@ -6,15 +6,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from growlength import dist
+from growlength.buckets import bucket_starts
 from growlength.budget import StepShape, check_lengths
 from growlength.config import TrainConfig, load_config
 from growlength.errors import GrowLengthError
 from growlength.models import check_fits, flush_denormals, model_config
 from growlength.prepare import resolve_data
-from growlength.schedule import Budget, LengthSchedule, make_schedule
+from growlength.schedule import Budget, LengthSchedule, dd_lengths, make_schedule
 from growlength.tokens import TokenData, open_tokens
 from growlength.trackers import tracker_names
 
@@ -28,11 +30,13 @@ class Plan:
     budget: Budget
     model_cfg: object
     shapes: list[StepShape]
+    buckets: dict[int, np.ndarray] | None = None  # Dataset Decomposition's chunk starts, for `dd`
 
 
 def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
     """Every check bad input can fail, before any work starts; raises GrowLengthError with the fix."""
     data = open_tokens(data_path)
+    buckets = _buckets(cfg, data) if cfg.schedule == "dd" else None
     schedule = make_schedule(
         cfg.schedule,
         start_len=cfg.start_len,
@@ -42,9 +46,13 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
         multiple=cfg.multiple,
         degree=cfg.degree,
         total_steps=cfg.budget_steps,
+        dd_shares=_shares(buckets) if buckets else (),
+        seed=cfg.seed,
     )
     budget = Budget(steps=cfg.budget_steps, tokens=cfg.budget_tokens, seconds=cfg.budget_seconds)
-    model_cfg = model_config(cfg.model, vocab_size=data.vocab_size, eos_id=int(data.meta["eos_id"]))
+    model_cfg = model_config(
+        cfg.model, vocab_size=data.vocab_size, eos_id=int(data.meta["eos_id"]), rope_theta=cfg.rope_theta
+    )
     if schedule.max_len > cfg.target_len:
         raise GrowLengthError(
             f"the schedule reaches seq_len {schedule.max_len}, beyond target_len {cfg.target_len}: "
@@ -61,7 +69,20 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
         batch_policy=cfg.batch_policy,
     )
     _check_corpus(data, max(shapes, key=lambda s: (s.consumed, s.seq_len)), cfg.target_len)
-    return Plan(data, schedule, budget, model_cfg, shapes)
+    return Plan(data, schedule, budget, model_cfg, shapes, buckets)
+
+
+def _buckets(cfg: TrainConfig, data: TokenData) -> dict[int, np.ndarray]:
+    if cfg.batch_policy != "tokens":
+        raise GrowLengthError("schedule dd holds the tokens of every step constant: use batch_policy tokens")
+    lengths = dd_lengths(cfg.start_len, cfg.target_len)
+    low, high = lengths[0].bit_length() - 1, lengths[-1].bit_length() - 1
+    return bucket_starts(data.train, int(data.meta["eos_id"]), low, high, cfg.seed)
+
+
+def _shares(buckets: dict[int, np.ndarray]) -> tuple[float, ...]:
+    tokens = [len(starts) << k for k, starts in sorted(buckets.items())]
+    return tuple(t / sum(tokens) for t in tokens)
 
 
 # How a run is launched, not what it trains: a resumed run may change these.

@@ -1,21 +1,11 @@
 """Figures: val loss against wall-clock seconds and against tokens, one line per run, stage changes
 marked; and for a bench, tokens/s by length and loss by evaluation length."""
 
-import json
 from pathlib import Path
 
-from growlength.errors import GrowLengthError
+from growlength.trackers import read_metrics
 
 MAX_MARKED_STAGES = 8  # a ramp changes length every few steps: marking each would hide the curves
-
-
-def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """(train records, eval records) of a run's metrics.jsonl."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise GrowLengthError(f"no metrics.jsonl in {run_dir}: give folders that `growlength train` wrote")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if "loss" in r], [r for r in records if "val_loss" in r]
 
 
 def stage_changes(train_records: list[dict]) -> list[dict]:
@@ -91,28 +81,45 @@ def _zoom(ax, run_dirs) -> None:
         ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.05 * (high - low + 1e-9))
 
 
-def plot_bench(out: Path, report: dict) -> list[Path]:
-    """bench-loss.png, bench-throughput.png and bench-extrapolation.png in `out`."""
-    from growlength.bench import run_dir
-
-    names = list(report["runs"])
-    dirs = [run_dir(out, n, r) for r in range(report["repeats"]) for n in names]
-    labels = [n for _ in range(report["repeats"]) for n in names]
+def plot_bench(out: Path, report: dict, run_dirs: list[Path], labels: list[str]) -> list[Path]:
+    """bench-loss.png, bench-throughput.png and bench-extrapolation.png in `out` (and bench-sweep.png
+    after a sweep)."""
     baseline = report["runs"][report["baseline"]]["final_val_loss"]
     budget = {k: v for k, v in report["budget"].items() if v}
     title = (
         f"{report['model']}, target {report['target_len']}, budget {budget}: val loss (dashed: baseline's final)"
     )
-    paths = [plot_runs(dirs, out / "bench-loss.png", labels=labels, title=title, level=baseline)]
-    paths.append(_plot_by_len(report, "tokens_per_s_by_len", "training tokens/s", out / "bench-throughput.png"))
-    paths.append(_plot_by_len(report, "val_loss_by_len", "final val loss", out / "bench-extrapolation.png"))
+    ran = {name: run for name, run in report["runs"].items() if "crash" not in run}
+    paths = [plot_runs(run_dirs, out / "bench-loss.png", labels=labels, title=title, level=baseline)]
+    paths.append(
+        _plot_by_len(ran, report, "tokens_per_s_by_len", "training tokens/s", out / "bench-throughput.png")
+    )
+    paths.append(_plot_by_len(ran, report, "val_loss_by_len", "final val loss", out / "bench-extrapolation.png"))
+    if report.get("sweep"):
+        paths.append(_plot_sweep(report["sweep"], out / "bench-sweep.png"))
     return paths
 
 
-def _plot_by_len(report: dict, key: str, ylabel: str, out: Path) -> Path:
+def _plot_sweep(sweep: dict, out: Path) -> Path:
+    """Final val loss of every recipe at every sweep point (crashes left out)."""
+    plt = _pyplot()
+    labels = [" ".join(f"{k}={v}" for k, v in row["setting"].items()) for row in next(iter(sweep.values()))]
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(labels)), 4.5))
+    for i, (name, rows) in enumerate(sweep.items()):
+        points = [(j, row["final_val_loss"]) for j, row in enumerate(rows) if "final_val_loss" in row]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=4, color=f"C{i}", label=name)
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("final val loss (sweep seed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("the sweep: each recipe's best point is rerun with fresh seeds")
+    return _save(fig, out)
+
+
+def _plot_by_len(runs: dict, report: dict, key: str, ylabel: str, out: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (name, run) in enumerate(report["runs"].items()):
+    for i, (name, run) in enumerate(runs.items()):
         points = sorted((int(k), v) for k, v in run[key].items())
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3, color=f"C{i}", label=name)
     ax.axvline(report["target_len"], color="grey", ls="--", lw=0.8)

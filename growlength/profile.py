@@ -52,7 +52,7 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
             for shape in shapes if r % 2 == 0 else shapes[::-1]:
                 _reset_peak(run.device)
                 started = time.perf_counter()
-                loss = train_step(run, shape)
+                loss, _ = train_step(run, shape, started)
                 advance(run.progress, shape, time.perf_counter() - started)
                 log_step(run, shape, loss, 0.0, run.progress.last_step_s)
                 elapsed = _sync_time(run.device, started)
@@ -146,6 +146,7 @@ def _report(model, shapes, ours, bare, peak, first, checkpoint_s, loader_tps, de
                 "flops_speedup": flops[target.seq_len] / flops[s.seq_len],
                 "peak_mb": peak[s.seq_len],
                 "overhead_vs_bare": median_s / statistics.median(bare[s.seq_len]) - 1.0,
+                "first_step_s": first[s.seq_len],
                 "stage_change_vs_step": None if s is shapes[0] else first[s.seq_len] / median_s,
             }
         )

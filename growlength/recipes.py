@@ -120,7 +120,8 @@ def megatron_reshape(samples_BS: np.ndarray, seq_len: int) -> np.ndarray:
     return rows_R[: megatron_reshape_rows(batch, sample_tokens - 1, seq_len)]
 
 
-# The arena: every recipe as train-config values. `{start_len}` and `{short_len}` are the bench's.
+# The arena: every recipe as train-config values. `{start_len}` and `{short_len}` are the bench's;
+# `{dd_start_len}` is target_len / 32.
 RECIPES = {
     # the baseline: every step at the target length
     "fixed-target": {"schedule": "constant"},
@@ -147,14 +148,17 @@ RECIPES = {
     # SkyLadder's schedule with real short sequences: linear from 8 over 60% of the budget, every length
     # (no rounding), about constant tokens per step
     "skyladder": {"schedule": "linear", "start_len": 8, "multiple": 1, "ramp": 0.6, "batch_policy": "reshape"},
+    # Dataset Decomposition: power-of-two document chunks, one bucket per step, Grow-P2 over 8 cycles,
+    # six buckets up to the target (256..8192 in the paper), RoPE base 100k (buckets.py)
+    "dd": {"schedule": "dd", "start_len": "{dd_start_len}", "batch_policy": "tokens", "rope_theta": 100000.0},
 }
 
 
-def recipe(name: str, *, short_len: int, start_len: int) -> dict:
+def recipe(name: str, *, short_len: int, start_len: int, target_len: int = 1024) -> dict:
     """Train-config values of a named recipe."""
     if name not in RECIPES:
         raise GrowLengthError(f"unknown bench run {name!r}: choose from {', '.join(RECIPES)}")
-    fill = {"short_len": short_len, "start_len": start_len}
+    fill = {"short_len": short_len, "start_len": start_len, "dd_start_len": max(2, target_len // 32)}
     return {k: _fill(v, fill) for k, v in RECIPES[name].items()}
 
 

@@ -12,10 +12,11 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from growlength.buckets import dd_seq_len
 from growlength.errors import GrowLengthError
 from growlength.recipes import composer_seq_len, composer_seq_len_at, deepspeed_seq_len
 
-SCHEDULES = ("doubling", "linear", "root", "constant", "stages", "deepspeed", "composer")
+SCHEDULES = ("doubling", "linear", "root", "constant", "stages", "deepspeed", "composer", "dd")
 RAMPS = ("linear", "root", "deepspeed", "composer")  # grow in steps of `multiple` rather than in stages
 
 
@@ -59,6 +60,8 @@ class LengthSchedule:
     start + (target - start) * (progress / ramp) ** (1 / degree), rounded down to `multiple`.
     `deepspeed` and `composer` are those peers' own formulas (recipes.py): exact, in their step
     numbering, when the budget is a number of steps (`total_steps`), their continuous form otherwise.
+    `dd` is Dataset Decomposition (buckets.py): a power-of-two bucket drawn per step, seeded by the step,
+    with odds from the buckets' token `shares` and the Grow-P2 curriculum.
     """
 
     kind: str
@@ -70,12 +73,22 @@ class LengthSchedule:
     multiple: int = 1
     degree: int = 1
     total_steps: int | None = None
+    shares: tuple[float, ...] = ()
+    seed: int = 0
 
     @property
     def is_ramp(self) -> bool:
         return self.kind in RAMPS
 
-    def seq_len_at(self, progress: float) -> int:
+    @property
+    def has_stages(self) -> bool:
+        """Grows through a few lengths, once each (a change of length is an event worth logging)."""
+        return self.kind in ("doubling", "stages", "constant")
+
+    def seq_len_at(self, progress: float, step: int = 0) -> int:
+        """The length at `progress` (the `step` about to be taken matters only to `dd`'s draw)."""
+        if self.kind == "dd":
+            return dd_seq_len(progress, step, seed=self.seed, lengths=self.lengths, shares=list(self.shares))
         if self.kind == "deepspeed":
             return self._deepspeed(progress)
         if self.kind == "composer":
@@ -152,6 +165,15 @@ def doubling_lengths(start_len: int, target_len: int) -> tuple[int, ...]:
     return tuple(lengths)
 
 
+def dd_lengths(start_len: int, target_len: int) -> tuple[int, ...]:
+    """Dataset Decomposition's buckets: every power of two from start_len to target_len (both powers)."""
+    for name, value in (("start_len", start_len), ("target_len", target_len)):
+        if value < 2 or value & (value - 1):
+            raise GrowLengthError(f"schedule dd needs powers of two: {name} is {value}")
+    _check_lengths((start_len, target_len), allow_equal=True)
+    return doubling_lengths(start_len, target_len)
+
+
 def parse_stages(text: str) -> tuple[tuple[int, ...], tuple[Fraction, ...]]:
     """'128:0.25,256:0.25,1024:0.5' -> lengths (128, 256, 1024) and exact shares (1/4, 1/4, 1/2)."""
     lengths, shares = [], []
@@ -178,11 +200,18 @@ def make_schedule(
     multiple: int = 64,
     degree: int = 2,
     total_steps: int | None = None,
+    dd_shares: tuple[float, ...] = (),
+    seed: int = 0,
 ) -> LengthSchedule:
-    """Build and validate a schedule (`total_steps`: the budget in steps, when it is one). Raises
-    GrowLengthError with the fix for any bad value."""
+    """Build and validate a schedule (`total_steps`: the budget in steps, when it is one; `dd_shares`:
+    each bucket's share of the data's tokens, for `dd`). Raises GrowLengthError with the fix."""
     if kind not in SCHEDULES:
         raise GrowLengthError(f"unknown schedule {kind!r}: choose one of {', '.join(SCHEDULES)}")
+    if kind == "dd":
+        lengths = dd_lengths(start_len, target_len)
+        if len(dd_shares) != len(lengths):
+            raise GrowLengthError(f"schedule dd needs the share of the data in each of its {len(lengths)} buckets")
+        return LengthSchedule(kind="dd", lengths=lengths, shares=tuple(dd_shares), seed=seed)
     if kind == "stages":
         if not stages:
             raise GrowLengthError("schedule 'stages' needs stages, e.g. --stages 128:0.25,256:0.25,1024:0.5")

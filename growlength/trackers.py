@@ -81,6 +81,15 @@ class Trackers:
             self.wandb.finish()
 
 
+def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """(train records, eval records) of a run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise GrowLengthError(f"no metrics.jsonl in {run_dir}: give folders that `growlength train` wrote")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if "loss" in r], [r for r in records if "val_loss" in r]
+
+
 class NoTrackers:
     """What ranks other than 0 hold: records go nowhere."""
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from growlength import dist
+from growlength.buckets import BucketLoader
 from growlength.budget import StepShape
 from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from growlength.config import TrainConfig, save_config
@@ -54,7 +55,7 @@ class Run:
     shapes: dict[int, StepShape]
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    loader: Loader
+    loader: Loader | BucketLoader
     device: torch.device
     world: dist.World
     progress: Progress
@@ -81,7 +82,7 @@ def _loop(run: Run, show_progress: bool) -> dict:
     bar = _progress_bar(run, show_progress)
     while not finished(run):
         fraction = run.budget.progress(step=p.step, tokens=p.tokens, seconds=p.seconds)
-        shape = run.shapes[run.schedule.seq_len_at(fraction)]
+        shape = run.shapes[run.schedule.seq_len_at(fraction, p.step)]
         if not worth_a_step(run, shape):
             break
         started = time.perf_counter()
@@ -110,9 +111,7 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     n_params = count_params(model)
     model = dist.wrap(model, world, device, cfg.parallel)
     optimizer = _optimizer(model, cfg)
-    loader = Loader(
-        data.train, seed=cfg.seed, block_tokens=cfg.block_tokens, rank=world.rank, world_size=world.size
-    )
+    loader = _loader(plan, cfg, world)
     progress, last_eval = _restore(out, model, optimizer, loader) if resume else (Progress(), {})
     trackers = NoTrackers()
     if world.is_main:
@@ -141,6 +140,14 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         trackers,
         last_eval=last_eval,
     )
+
+
+def _loader(plan, cfg: TrainConfig, world: dist.World) -> Loader | BucketLoader:
+    """The re-chunking stream, or for Dataset Decomposition the bucket loader."""
+    where = dict(seed=cfg.seed, rank=world.rank, world_size=world.size)
+    if plan.buckets is not None:
+        return BucketLoader(plan.data.train, plan.buckets, **where)
+    return Loader(plan.data.train, block_tokens=cfg.block_tokens, **where)
 
 
 def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float]:
@@ -317,7 +324,7 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
         "tokens_per_s": round(shape.tokens / max(step_s, 1e-9), 1),
         "stage": p.seq_lens.index(shape.seq_len) + 1,
     }
-    if p.recent and p.recent[-1][0] != shape.seq_len:
+    if run.schedule.has_stages and p.recent and p.recent[-1][0] != shape.seq_len:
         record.update(stage_change_record(loss, [recent_loss for _, recent_loss in p.recent]))
         if record["spike"] and run.world.is_main:
             print(
@@ -375,7 +382,7 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
 
 
-def _restore(out: Path, model, optimizer, loader: Loader) -> tuple[Progress, dict]:
+def _restore(out: Path, model, optimizer, loader: Loader | BucketLoader) -> tuple[Progress, dict]:
     """Progress and last eval record of the newest good checkpoint; model, optimizer, loader restored."""
     checkpoint = latest_checkpoint(out)
     if checkpoint is None:

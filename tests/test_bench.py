@@ -1,9 +1,10 @@
 import json
+import tarfile
 
 import pytest
 from conftest import tiny_config
 
-from growlength.bench import BenchConfig, bench, format_table, run_config, time_to_reach
+from growlength.bench import BenchConfig, bench, format_table, parse_sweep, run_config, time_to_reach
 from growlength.errors import GrowLengthError
 
 
@@ -21,6 +22,20 @@ def test_time_to_reach(xs, losses, level, expected):
     assert time_to_reach(xs, losses, level) == expected
 
 
+def test_sweep_grid():
+    assert parse_sweep(None) == [{}]
+    points = parse_sweep("lr=1e-3,2e-3 tokens_per_step=2048,8192")
+    assert points == [
+        {"lr": 1e-3, "tokens_per_step": 2048},
+        {"lr": 1e-3, "tokens_per_step": 8192},
+        {"lr": 2e-3, "tokens_per_step": 2048},
+        {"lr": 2e-3, "tokens_per_step": 8192},
+    ]
+    for bad, words in (("lr", "KEY=V1,V2"), ("lrr=1", "did you mean 'lr'"), ("lr=1 lr=2", "twice")):
+        with pytest.raises(GrowLengthError, match=words):
+            parse_sweep(bad)
+
+
 def test_bench_config():
     assert BenchConfig().final_lengths(1024) == [128, 256, 512, 1024, 2048]
     assert BenchConfig(extrapolate="512,64").final_lengths(1024) == [64, 512]
@@ -28,31 +43,64 @@ def test_bench_config():
         BenchConfig(runs="growlength").run_names()
 
 
-def test_tiny_bench_report_is_computed_from_the_curves(corpus, tmp_path):
-    base = tiny_config(corpus, budget_steps=8, evals=4, eval_tokens=1024, tokens_per_step=2048)
-    cfg = BenchConfig(runs="fixed-target,growlength,composer", repeats=2, short_len=64)
+def test_tiny_arena_sweeps_then_compares_best_against_best_at_equal_time(corpus, tmp_path):
+    base = tiny_config(corpus, budget_steps=None, budget_seconds=2.5, evals=4, eval_tokens=1024)
+    cfg = BenchConfig(
+        runs="fixed-target,growlength,skyladder", repeats=2, sweep="lr=2e-3,6e-3", equal_tokens=True, short_len=64
+    )
     report = bench(base, cfg, tmp_path / "b", show_progress=False)
-    assert json.loads((tmp_path / "b" / "bench.json").read_text()) == report
-    for png in ("bench-loss.png", "bench-throughput.png", "bench-extrapolation.png"):
-        assert (tmp_path / "b" / png).read_bytes()[:4] == b"\x89PNG"
+    out = tmp_path / "b"
+    assert json.loads((out / "bench.json").read_text()) == report
+    for png in ("bench-loss.png", "bench-throughput.png", "bench-extrapolation.png", "bench-sweep.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
     runs = report["runs"]
-    assert list(runs) == ["fixed-target", "growlength", "composer"]
-    # every run saw the same token budget's steps, and was evaluated at 64 ... 512 (2 x target)
-    assert all(r["steps"] == 8 for r in runs.values())
-    assert all(list(r["val_loss_by_len"]) == ["64", "128", "256", "512"] for r in runs.values())
-    assert runs["fixed-target"]["speedup"] == pytest.approx(1.0)
-    assert set(runs["growlength"]["tokens_per_s_by_len"]) == {"64", "128", "256"}
-    # composer truncates: it trains on fewer tokens than it reads
-    assert runs["composer"]["tokens"] < runs["composer"]["data_tokens"] == 8 * 2048
-    # the speedup is the baseline's time to its final loss over the run's, from the saved curves
+    assert list(runs) == ["fixed-target", "growlength", "skyladder"] and report["seeds"] == [1, 2]
+    # each recipe's best point is the sweep's lowest final loss, and its seeds ran that point
+    for name, rows in report["sweep"].items():
+        best = min(rows, key=lambda row: row["final_val_loss"])
+        assert runs[name]["setting"] == best["setting"]
+        for seed in (1, 2):
+            saved = (out / name / f"seed{seed}" / "config.yaml").read_text()
+            assert f"lr: {best['setting']['lr']}" in saved and f"seed: {seed}" in saved
+    # equal time: every run trained the budget to within half of its longest step
     for name, run in runs.items():
-        for repeat, reach in enumerate(run["reach_baseline"]):
-            base_curve = _curve(tmp_path / "b" / "fixed-target" / f"repeat{repeat}")
-            curve = _curve(tmp_path / "b" / name / f"repeat{repeat}")
-            expected = time_to_reach(curve[0], curve[1], base_curve[1][-1])
-            assert (reach and reach["seconds"]) == expected
+        assert all(abs(s - 2.5) <= run["longest_step_s"] / 2 + 1e-3 for s in run["train_s_each"]), name
+    # the speedup is the baseline's end over the time the run's curve crosses the baseline's final loss,
+    # and the bracketing evaluations bound it
+    for name, run in runs.items():
+        for seed, speedup in zip((1, 2), run["speedup_each"], strict=True):
+            base_s, base_loss = _curve(out / "fixed-target" / f"seed{seed}")
+            xs, losses = _curve(out / name / f"seed{seed}")
+            if speedup is None:
+                assert min(losses) > base_loss[-1]
+                continue
+            i = next(i for i, loss in enumerate(losses) if loss <= base_loss[-1])
+            at = xs[i - 1] + (xs[i] - xs[i - 1]) * (losses[i - 1] - base_loss[-1]) / (losses[i - 1] - losses[i])
+            assert speedup["at"] == pytest.approx(base_s[-1] / at)
+            assert speedup["low"] <= speedup["at"] <= speedup["high"]
+    # equal tokens: every recipe's rerun trained the baseline's mean tokens (to within the last step)
+    budget = round(runs["fixed-target"]["tokens"])
+    for run in runs.values():
+        assert all(budget <= t < budget + base.tokens_per_step for t in run["equal_tokens"]["tokens_each"])
+    provenance = report["provenance"]
+    assert len(provenance["git_commit"]) == 40 and provenance["torch_threads"] >= 1 and provenance["cpu"]
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        names = tar.getnames()
+    assert "sweep/growlength/lr-0.006/metrics.jsonl" in names and "skyladder/seed2/final-eval.json" in names
+    assert len([n for n in names if n.endswith("metrics.jsonl")]) == 3 * (2 + 2 + 2)
     table = format_table(report)
-    assert table.count("\n") == 2 + len(runs) - 1 and "| fixed-target |" in table
+    assert table.count("\n") == 2 + len(runs) - 1 and "| fixed-target | lr=0.00" in table
+
+
+def test_a_peer_that_crashes_is_a_result(corpus, tmp_path):
+    # 8 batches: Composer's SeqLengthWarmup divides by zero; the others run, the report says so
+    base = tiny_config(corpus, budget_steps=8, evals=2, eval_tokens=1024)
+    cfg = BenchConfig(runs="fixed-target,composer,deepspeed-reshape", repeats=1, short_len=64)
+    report = bench(base, cfg, tmp_path / "b", show_progress=False)
+    assert "ZeroDivisionError" in report["runs"]["composer"]["crash"]
+    assert not (tmp_path / "b" / "composer").exists()
+    assert report["runs"]["deepspeed-reshape"]["steps"] == 8
+    assert "crashes in the peer's own code" in format_table(report)
 
 
 def _curve(folder):
@@ -61,9 +109,10 @@ def _curve(folder):
     return [e["wall_s"] for e in evals], [e["val_loss"] for e in evals]
 
 
-def test_run_config_overrides_only_the_recipe(corpus):
+def test_run_config_overrides_only_the_recipe_then_the_point(corpus):
     base = tiny_config(corpus)
-    cfg = run_config(base, "growlength", 1, BenchConfig())
+    cfg = run_config(base, "growlength", {"lr": 1e-3}, base.seed + 1, BenchConfig())
+    assert cfg.lr == 1e-3
     assert (cfg.schedule, cfg.seed, cfg.eval_seen_lengths, cfg.model) == ("doubling", base.seed + 1, False, "tiny")
 
 

@@ -67,7 +67,7 @@ def test_two_ranks_match_one_process(runs):
     one, two = losses(single), losses(double)
     assert [r[:3] for r in one] == [r[:3] for r in two]  # same steps, lengths and global rows
     assert len({r[1] for r in two}) == 3  # the lengths really changed under torchrun
-    assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(one, two))
+    assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(one, two, strict=True))
 
 
 def test_the_process_group_shuts_down_cleanly(runs):
@@ -87,7 +87,7 @@ def test_resume_on_another_number_of_ranks(runs, tmp_path):
     assert "resuming from" in result.stdout
     one, resumed = losses(single), losses(moved)
     assert [r[:3] for r in one] == [r[:3] for r in resumed]
-    assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(one, resumed))
+    assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(one, resumed, strict=True))
 
 
 def test_ranks_read_disjoint_halves_of_each_step(runs):
@@ -95,7 +95,7 @@ def test_ranks_read_disjoint_halves_of_each_step(runs):
     single, _, _, fsdp = runs
     one, rank0, rank1 = batches(single, 0), batches(fsdp, 0), batches(fsdp, 1)
     assert len(one) == len(rank0) == len(rank1) == 12
-    for whole, a, b in zip(one, rank0, rank1):
+    for whole, a, b in zip(one, rank0, rank1, strict=True):
         assert len(a) == len(b) == len(whole) // 2
         np.testing.assert_array_equal(np.concatenate([a, b]), whole)
         assert not {r.tobytes() for r in a} & {r.tobytes() for r in b}
@@ -105,7 +105,7 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_unsharded(runs, tmp
     single, _, _, fsdp = runs
     one, sharded = losses(single), losses(fsdp)
     assert [r[:3] for r in one] == [r[:3] for r in sharded]
-    assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(one, sharded))
+    assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(one, sharded, strict=True))
     # the FSDP checkpoint holds the full state: one process continues from it with the same losses
     # (changing how the run is launched, --parallel, is allowed on resume)
     moved = tmp_path / "moved"
@@ -117,7 +117,7 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_unsharded(runs, tmp
         text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(one, losses(moved)))
+    assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(one, losses(moved), strict=True))
 
 
 def test_accelerate_launch_runs_growlength_train(runs, tmp_path):

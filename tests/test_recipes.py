@@ -127,7 +127,9 @@ def test_megatron_rows_in_a_step():
     # two micro-batches of 4 samples: 456 rows each
     shape = step_shape(8, tokens_per_step=8192, target_len=1024, micro_batch_tokens=4096, batch_policy="megatron")
     assert (shape.rows, shape.micro_rows, shape.accum) == (912, 456, 2)
-    full = step_shape(1024, tokens_per_step=8192, target_len=1024, micro_batch_tokens=4096, batch_policy="megatron")
+    full = step_shape(
+        1024, tokens_per_step=8192, target_len=1024, micro_batch_tokens=4096, batch_policy="megatron"
+    )
     assert (full.rows, full.tokens, full.consumed) == (8, 8192, 8192)
     with pytest.raises(GrowLengthError, match="whole number of micro-batches"):
         step_shape(8, tokens_per_step=3072, target_len=1024, micro_batch_tokens=2048, batch_policy="megatron")
