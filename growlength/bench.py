@@ -335,13 +335,14 @@ def _versus(baseline: list[dict], reps: list[dict]) -> dict:
 
 
 def _ratio(baseline_end: float, hit: dict | None) -> dict | None:
-    """baseline_end / the crossing, with the range its bracketing evaluations allow."""
+    """baseline_end / the crossing, with the range its bracketing evaluations allow (no upper bound,
+    None, when the crossing comes before the first evaluation after the start)."""
     if hit is None:
         return None
     return {
         "at": baseline_end / max(hit["at"], 1e-9),
         "low": baseline_end / max(hit["before"], 1e-9),
-        "high": baseline_end / max(hit["after"], 1e-9),
+        "high": baseline_end / hit["after"] if hit["after"] > 0 else None,
     }
 
 
@@ -482,5 +483,7 @@ def _ratio_text(mean: float | None, each: list) -> str:
     """'1.52x [1.40-1.61]': the mean and the range its bracketing evaluations allow over the seeds."""
     if mean is None:
         return "not reached"
-    low, high = min(e["low"] for e in each), max(e["high"] for e in each)
-    return f"{mean:.2f}x [{low:.2f}-{high:.2f}]"
+    low = min(e["low"] for e in each)
+    highs = [e["high"] for e in each]
+    high = "inf" if None in highs else f"{max(highs):.2f}"
+    return f"{mean:.2f}x [{low:.2f}-{high}]"
