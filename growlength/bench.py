@@ -27,90 +27,17 @@ import statistics
 import subprocess
 import sys
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from growlength.config import TrainConfig, coerce, load_config, read_yaml
+from growlength.config import BenchConfig, TrainConfig, load_config, load_sections, parse_sweep
 from growlength.errors import GrowLengthError
-from growlength.recipes import ComposerCrash, recipe
+from growlength.recipes import BASELINE, ComposerCrash, recipe
 from growlength.trackers import read_metrics
-
-BASELINE = "fixed-target"
-DEFAULT_RUNS = "fixed-target,growlength,composer,deepspeed,deepspeed-reshape,skyladder,dd"
-
-
-@dataclass(kw_only=True)
-class BenchConfig:
-    runs: str = DEFAULT_RUNS
-    repeats: int = 2
-    sweep: str | None = None
-    equal_tokens: bool = False
-    short_len: int = 128
-    extrapolate: str | None = None  # lengths for the final eval; default short_len ... 2 x target
-
-    def run_names(self) -> list[str]:
-        names = [n.strip() for n in self.runs.split(",") if n.strip()]
-        if BASELINE not in names:
-            raise GrowLengthError(f"the bench needs the baseline run {BASELINE!r} among --runs")
-        if len(set(names)) != len(names):
-            raise GrowLengthError(f"--runs names a run twice: {self.runs}")
-        for name in names:
-            recipe(name, short_len=self.short_len, start_len=self.short_len)  # unknown names fail here
-        return names
-
-    def final_lengths(self, target_len: int) -> list[int]:
-        if self.extrapolate:
-            return sorted({int(x) for x in self.extrapolate.split(",")})
-        lengths, n = [], self.short_len
-        while n < 2 * target_len:
-            lengths.append(n)
-            n *= 2
-        return sorted({*lengths, target_len, 2 * target_len})
-
-    def seeds(self, base_seed: int) -> list[int]:
-        """Fresh seeds after a sweep (its seed chose the best point), else base_seed onwards."""
-        first = base_seed + 1 if self.sweep else base_seed
-        return list(range(first, first + self.repeats))
-
-
-BENCH_FIELDS = {f.name for f in dataclasses.fields(BenchConfig)}
 
 
 def load_bench_config(path: str | Path | None, overrides: dict) -> tuple[TrainConfig, BenchConfig]:
     """A YAML file (and flags on top) holding train keys and bench keys, split and checked."""
-    values = {**(read_yaml(path) if path else {}), **overrides}
-    bench_values = {k: values.pop(k) for k in list(values) if k in BENCH_FIELDS}
-    bench_cfg = BenchConfig(**{k: _bench_value(k, v) for k, v in bench_values.items()})
-    if bench_cfg.repeats < 1:
-        raise GrowLengthError(f"repeats must be at least 1, got {bench_cfg.repeats}")
-    bench_cfg.run_names()
-    parse_sweep(bench_cfg.sweep)
-    return load_config(None, {k: coerce(k, v) for k, v in values.items()}), bench_cfg
-
-
-def _bench_value(name: str, value):
-    kind = {"repeats": int, "short_len": int, "equal_tokens": bool}.get(name, str)
-    if kind is bool and isinstance(value, str):
-        return value.lower() in ("true", "yes", "1")
-    try:
-        return None if value is None else kind(value)
-    except ValueError:
-        raise GrowLengthError(f"bench key {name!r} must be {kind.__name__}, got {value!r}") from None
-
-
-def parse_sweep(text: str | None) -> list[dict]:
-    """'lr=1e-3,2e-3 tokens_per_step=2048,8192' -> the 4 points of the grid, each typed; [{}] for none."""
-    if not text:
-        return [{}]
-    axes = {}
-    for item in text.split():
-        key, sep, values = item.partition("=")
-        if not sep or not values:
-            raise GrowLengthError(f"cannot read sweep axis {item!r}: write KEY=V1,V2,... e.g. lr=1e-3,2e-3")
-        if key in axes:
-            raise GrowLengthError(f"the sweep names {key!r} twice")
-        axes[key] = [coerce(key, v) for v in values.split(",")]
-    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    return load_sections(path, overrides, TrainConfig, BenchConfig)
 
 
 def point_label(point: dict) -> str:

@@ -7,9 +7,17 @@ import sys
 import warnings
 from pathlib import Path
 
-from growlength.bench import DEFAULT_RUNS
+from growlength.config import (
+    BenchConfig,
+    ProfileConfig,
+    TrainConfig,
+    field_type,
+    fields_of,
+    load_config,
+    load_sections,
+    parse_lengths,
+)
 from growlength.errors import GrowLengthError
-from growlength.recipes import RECIPES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,46 +60,27 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder: metrics.jsonl, config.yaml, checkpoints/")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_config_flags(train)
+    _add_config_flags(train, TrainConfig)
     train.set_defaults(run=_train)
 
     bench = commands.add_parser(
         "bench",
-        help="GrowLength against fixed-length and peer recipes, same budget",
+        help="the arena: every recipe swept, best against best, at equal time and equal tokens",
         argument_default=argparse.SUPPRESS,
     )
     bench.add_argument("--config", help="YAML file of train and bench keys (flags override it)")
     bench.add_argument("--out", required=True, help="bench folder: one run folder per recipe, bench.json, PNGs")
-    bench.add_argument(
-        "--runs", help=f"comma-separated recipes (default {DEFAULT_RUNS}; all: {', '.join(RECIPES)})"
-    )
-    bench.add_argument(
-        "--sweep",
-        help="grid of train keys run for every recipe first, e.g. 'lr=1e-3,2e-3 tokens_per_step=2048,8192'; "
-        "each recipe's best point is then rerun with fresh seeds",
-    )
-    bench.add_argument("--repeats", help="seeds per recipe (its best point), run interleaved (default 2)")
-    bench.add_argument(
-        "--equal-tokens",
-        action="store_const",
-        const=True,
-        help="also rerun each best point for the baseline's tokens: final loss at equal tokens",
-    )
-    bench.add_argument("--short-len", help="length of the fixed-short run (default 128)")
-    bench.add_argument("--extrapolate", help="lengths of the final eval (default short-len ... 2 x target)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_config_flags(bench)
+    _add_config_flags(bench, BenchConfig, TrainConfig)
     bench.set_defaults(run=_bench)
 
     prof = commands.add_parser(
         "profile", help="tokens/s and memory per length, against a FLOP count", argument_default=argparse.SUPPRESS
     )
-    prof.add_argument("--config", help="YAML file of config keys (flags override it)")
-    prof.add_argument("--lengths", help="comma-separated lengths (default: doubling from start-len to target-len)")
-    prof.add_argument("--rounds", help="timed steps per length (default 5)")
+    prof.add_argument("--config", help="YAML file of config keys (flags override it; a bench's works too)")
     prof.add_argument("--out", help="JSON file to write (default: print only)")
     prof.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_config_flags(prof)
+    _add_config_flags(prof, ProfileConfig, TrainConfig)
     prof.set_defaults(run=_profile)
 
     ev = commands.add_parser("eval", help="loss and perplexity at many lengths, with or without RoPE scaling")
@@ -130,12 +119,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from growlength.config import FIELDS, field_type
+def _add_config_flags(parser: argparse.ArgumentParser, *classes: type) -> None:
+    """A --flag for every field of the config classes, its help ending with the default; a bool flag
+    alone means true (`--equal-tokens`), or takes a value (`--eval-seen-lengths false`)."""
+    group = parser.add_argument_group("config keys (also YAML keys of --config)")
+    for cls in classes:
+        for name, f in fields_of(cls).items():
+            kind = field_type(name, cls)
+            flag = "--" + name.replace("_", "-")
+            default = "none" if f.default is None else f.default
+            extra = {"nargs": "?", "const": "true"} if kind is bool else {}
+            help = f"{f.metadata['help']} (default: {default})"
+            group.add_argument(flag, dest=name, help=help, metavar=kind.__name__.upper(), **extra)
 
-    for name, f in FIELDS.items():
-        flag, metavar = "--" + name.replace("_", "-"), field_type(name).__name__.upper()
-        parser.add_argument(flag, dest=name, help=f.metadata["help"], metavar=metavar)
+
+def _overrides(args, *classes: type) -> dict:
+    names = {name for cls in classes for name in fields_of(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def _prepare(args) -> int:
@@ -159,10 +159,9 @@ def _prepare(args) -> int:
 
 
 def _train(args) -> int:
-    from growlength.config import FIELDS, load_config
     from growlength.train import train
 
-    overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
+    overrides = _overrides(args, TrainConfig)
     resume = getattr(args, "resume", False)
     config = getattr(args, "config", None)
     saved = Path(args.out) / "config.yaml"
@@ -181,32 +180,26 @@ def _train(args) -> int:
 
 
 def _bench(args) -> int:
-    from growlength.bench import BENCH_FIELDS, bench, format_table, load_bench_config
-    from growlength.config import FIELDS
+    from growlength.bench import bench, format_table
 
-    overrides = {k: v for k, v in vars(args).items() if k in FIELDS or k in BENCH_FIELDS}
-    base, bench_cfg = load_bench_config(getattr(args, "config", None), overrides)
+    overrides = _overrides(args, TrainConfig, BenchConfig)
+    base, bench_cfg = load_sections(getattr(args, "config", None), overrides, TrainConfig, BenchConfig)
     report = bench(base, bench_cfg, args.out, show_progress=not getattr(args, "quiet", False))
     print(format_table(report))
-    print(f"wrote {Path(args.out) / 'bench.json'} and bench-*.png")
+    print(report["headline"])
+    print(f"wrote {Path(args.out) / 'bench.json'}, bench-*.png and runs.tar.gz")
     return 0
 
 
 def _profile(args) -> int:
-    from growlength.bench import load_bench_config
-    from growlength.config import FIELDS
     from growlength.profile import format_profile, profile
-    from growlength.schedule import doubling_lengths
 
     # a bench config works too: its train keys are used, its bench keys ignored
-    overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
-    cfg, _ = load_bench_config(getattr(args, "config", None), overrides)
-    given = getattr(args, "lengths", None)
-    lengths = _int_list(given, "--lengths") if given else list(doubling_lengths(cfg.start_len, cfg.target_len))
-    if max(lengths) != cfg.target_len:
-        raise GrowLengthError(f"--lengths must end at the target length {cfg.target_len}, got {lengths}")
-    rounds = int(getattr(args, "rounds", 5))
-    report = profile(cfg, lengths, rounds=rounds, show_progress=not getattr(args, "quiet", False))
+    overrides = _overrides(args, TrainConfig, ProfileConfig)
+    config = getattr(args, "config", None)
+    cfg, prof, _ = load_sections(config, overrides, TrainConfig, ProfileConfig, BenchConfig)
+    lengths = prof.length_list(cfg)
+    report = profile(cfg, lengths, rounds=prof.rounds, show_progress=not getattr(args, "quiet", False))
     print(format_profile(report))
     if getattr(args, "out", None):
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -214,20 +207,10 @@ def _profile(args) -> int:
     return 0
 
 
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise GrowLengthError(f"{flag} must be comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 2:
-        raise GrowLengthError(f"{flag} must be integers of at least 2, got {text!r}")
-    return values
-
-
 def _eval(args) -> int:
     from growlength.evaluate import evaluate_checkpoint
 
-    lengths = _int_list(args.lengths, "--lengths")
+    lengths = parse_lengths(args.lengths, "--lengths")
     modes = tuple(m.strip() for m in args.rope_scaling.split(",") if m.strip())
     reports = []
     for ckpt in args.ckpt:

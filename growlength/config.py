@@ -1,11 +1,14 @@
-"""The training config: one keyword-only dataclass, loaded from YAML and/or command-line overrides.
+"""Configs: keyword-only dataclasses (`TrainConfig` here; `BenchConfig` and `ProfileConfig` beside the
+commands that read them), loaded from YAML and/or command-line overrides through one path.
 
-Every field has its help text in `metadata`, which the CLI turns into `--flag-name`. Bad input fails
-here, at load time, with one line naming the problem and the fix.
+Every field has its help text in `metadata` (`option`), which the CLI turns into `--flag-name` with its
+default shown. One coercion (`coerce`) types every value of every config; bad input fails here, at
+load time, with one line naming the problem and the fix.
 """
 
 import dataclasses
 import difflib
+import itertools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,9 +17,12 @@ from pathlib import Path
 import yaml
 
 from growlength.errors import GrowLengthError
+from growlength.recipes import BASELINE, DEFAULT_RUNS, RECIPES, recipe
+from growlength.schedule import doubling_lengths
 
 
-def _f(default, help: str):
+def option(default, help: str):
+    """A config field with its help text (shown by `--help`, with the default)."""
     return field(default=default, metadata={"help": help})
 
 
@@ -36,48 +42,54 @@ RANGES = (
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    data: str = _f(
+    data: str = option(
         "shakespeare", "prepared folder, or 'shakespeare' for the embedded corpus (prepared on first use)"
     )
-    vocab_size: int = _f(2048, "tokenizer size when the embedded corpus is prepared on first use")
-    model: str = _f("small", "model preset (tiny, small, pythia-14m/70m/160m/410m, llama-*) or a config.json")
-    schedule: str = _f(
+    vocab_size: int = option(2048, "tokenizer size when the embedded corpus is prepared on first use")
+    model: str = option("small", "model preset (tiny, small, pythia-14m/70m/160m/410m, llama-*) or a config.json")
+    schedule: str = option(
         "doubling",
         "length schedule: doubling | linear | root | constant | stages | deepspeed | composer (the peers' own) "
         "| dd (Dataset Decomposition: power-of-two document chunks, one bucket per step)",
     )
-    stages: str | None = _f(None, "explicit stages LENGTH:SHARE,... e.g. 128:0.25,256:0.25,1024:0.5")
-    start_len: int = _f(128, "first training length (doubling, linear, root)")
-    target_len: int = _f(1024, "final training length; must fit the model")
-    ramp: float = _f(0.3, "ramps: fraction of the budget over which the length grows")
-    multiple: int = _f(64, "ramps: lengths are multiples of this (composer: start + k x this)")
-    degree: int = _f(2, "root: the root's degree (2 = square root)")
-    rope_theta: float | None = _f(None, "RoPE base (default: the model's; Dataset Decomposition uses 100000)")
-    batch_policy: str = _f(
+    stages: str | None = option(
+        None, "explicit stages LENGTH:SHARE,... e.g. 128:0.25,256:0.25,1024:0.5 (or 1/3 shares)"
+    )
+    start_len: int = option(128, "first training length (doubling, linear, root)")
+    target_len: int = option(1024, "final training length; must fit the model")
+    ramp: float = option(0.3, "ramps: fraction of the budget over which the length grows")
+    multiple: int = option(64, "ramps: lengths are multiples of this (composer: start + k x this)")
+    degree: int = option(2, "root: the root's degree (2 = square root)")
+    rope_theta: float | None = option(None, "RoPE base (default: the model's; Dataset Decomposition uses 100000)")
+    batch_policy: str = option(
         "tokens", "tokens (constant tokens per step) | reshape | rows | truncate | megatron: see budget.py"
     )
-    tokens_per_step: int = _f(8192, "tokens per optimizer step over all ranks (at the target length for 'rows')")
-    micro_batch_tokens: int = _f(8192, "most tokens in one forward pass per rank; more is accumulated")
-    budget_steps: int | None = _f(None, "train for this many optimizer steps")
-    budget_tokens: int | None = _f(None, "train for this many tokens (e.g. 2e8)")
-    budget_seconds: float | None = _f(None, "train for this many seconds of training time (eval excluded)")
-    lr: float = _f(2e-3, "peak learning rate (AdamW)")
-    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of lr (cosine decay)")
-    warmup: float = _f(0.05, "fraction of the budget spent warming the learning rate up")
-    weight_decay: float = _f(0.1, "AdamW weight decay")
-    beta2: float = _f(0.95, "AdamW beta2")
-    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 turns it off)")
-    evals: int = _f(8, "evaluate this many times, evenly over the budget (if eval_every_tokens is unset)")
-    eval_every_tokens: int | None = _f(None, "evaluate every this many training tokens")
-    eval_tokens: int = _f(16384, "held-out tokens scored per length at each evaluation")
-    eval_seen_lengths: bool = _f(True, "also evaluate at every stage length trained so far (else: target only)")
-    keep_checkpoints: int = _f(2, "how many recent checkpoints to keep")
-    block_tokens: int = _f(16384, "shuffle granularity: the train stream is shuffled in blocks of this")
-    seed: int = _f(0, "seed for weights and data order")
-    device: str = _f("auto", "auto | cpu | cuda")
-    log_to: str = _f("tensorboard", "besides metrics.jsonl: tensorboard | wandb | tensorboard,wandb | none")
-    wandb_project: str = _f("growlength", "the Weights & Biases project when log_to has wandb")
-    parallel: str = _f(
+    tokens_per_step: int = option(
+        8192, "tokens per optimizer step over all ranks (at the target length for 'rows')"
+    )
+    micro_batch_tokens: int = option(8192, "most tokens in one forward pass per rank; more is accumulated")
+    budget_steps: int | None = option(None, "train for this many optimizer steps")
+    budget_tokens: int | None = option(None, "train for this many tokens (e.g. 2e8)")
+    budget_seconds: float | None = option(None, "train for this many seconds of training time (eval excluded)")
+    lr: float = option(2e-3, "peak learning rate (AdamW)")
+    min_lr_ratio: float = option(0.1, "final learning rate as a fraction of lr (cosine decay)")
+    warmup: float = option(0.05, "fraction of the budget spent warming the learning rate up")
+    weight_decay: float = option(0.1, "AdamW weight decay")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 turns it off)")
+    evals: int = option(8, "evaluate this many times, evenly over the budget (if eval_every_tokens is unset)")
+    eval_every_tokens: int | None = option(None, "evaluate every this many training tokens")
+    eval_tokens: int = option(16384, "held-out tokens scored per length at each evaluation")
+    eval_seen_lengths: bool = option(
+        True, "also evaluate at every stage length trained so far (else: target only)"
+    )
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
+    block_tokens: int = option(16384, "shuffle granularity: the train stream is shuffled in blocks of this")
+    seed: int = option(0, "seed for weights and data order")
+    device: str = option("auto", "auto | cpu | cuda")
+    log_to: str = option("tensorboard", "besides metrics.jsonl: tensorboard | wandb | tensorboard,wandb | none")
+    wandb_project: str = option("growlength", "the Weights & Biases project when log_to has wandb")
+    parallel: str = option(
         "ddp", "under torchrun: ddp (a model copy per rank) | fsdp (FSDP2: weights and optimizer state sharded)"
     )
 
@@ -111,26 +123,106 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+@dataclass(kw_only=True)
+class BenchConfig:
+    """The bench's own keys (a bench YAML holds these beside TrainConfig's)."""
+
+    runs: str = option(DEFAULT_RUNS, f"comma-separated recipes (all: {', '.join(RECIPES)})")
+    sweep: str | None = option(
+        None,
+        "grid of train keys run for every recipe first, e.g. 'lr=1e-3,2e-3 tokens_per_step=2048,8192'; "
+        "each recipe's best point is then rerun with fresh seeds",
+    )
+    repeats: int = option(2, "seeds per recipe (its best point), run interleaved")
+    equal_tokens: bool = option(False, "also rerun each best point for the baseline's tokens (equal tokens)")
+    short_len: int = option(128, "length of the fixed-short run")
+    extrapolate: str | None = option(None, "lengths of the final eval (default: short_len ... 2 x target)")
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise GrowLengthError(f"repeats must be at least 1, got {self.repeats}")
+        self.run_names()
+        parse_sweep(self.sweep)
+
+    def run_names(self) -> list[str]:
+        names = [n.strip() for n in self.runs.split(",") if n.strip()]
+        if BASELINE not in names:
+            raise GrowLengthError(f"the bench needs the baseline run {BASELINE!r} among --runs")
+        if len(set(names)) != len(names):
+            raise GrowLengthError(f"--runs names a run twice: {self.runs}")
+        for name in names:
+            recipe(name, short_len=self.short_len, start_len=self.short_len)  # unknown names fail here
+        return names
+
+    def final_lengths(self, target_len: int) -> list[int]:
+        if self.extrapolate:
+            return parse_lengths(self.extrapolate, "extrapolate")
+        lengths, n = [], self.short_len
+        while n < 2 * target_len:
+            lengths.append(n)
+            n *= 2
+        return sorted({*lengths, target_len, 2 * target_len})
+
+    def seeds(self, base_seed: int) -> list[int]:
+        """Fresh seeds after a sweep (its seed chose the best point), else base_seed onwards."""
+        first = base_seed + 1 if self.sweep else base_seed
+        return list(range(first, first + self.repeats))
 
 
-def field_type(name: str) -> type:
-    """The field's own type, with `| None` stripped: int, float or str."""
-    hint = typing.get_type_hints(TrainConfig)[name]
+@dataclass(kw_only=True)
+class ProfileConfig:
+    """The profile's own keys (beside TrainConfig's, which give the model, data and step shape)."""
+
+    lengths: str | None = option(None, "comma-separated lengths ending at target_len (default: doubling to it)")
+    rounds: int = option(5, "timed steps per length")
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise GrowLengthError(f"rounds must be at least 1, got {self.rounds}")
+
+    def length_list(self, cfg: TrainConfig) -> list[int]:
+        if not self.lengths:
+            return list(doubling_lengths(cfg.start_len, cfg.target_len))
+        lengths = parse_lengths(self.lengths, "--lengths")
+        if max(lengths) != cfg.target_len:
+            raise GrowLengthError(f"--lengths must end at the target length {cfg.target_len}, got {lengths}")
+        return lengths
+
+
+def parse_sweep(text: str | None) -> list[dict]:
+    """'lr=1e-3,2e-3 tokens_per_step=2048,8192' -> the 4 points of the grid, each typed; [{}] for none."""
+    if not text:
+        return [{}]
+    axes = {}
+    for item in text.split():
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise GrowLengthError(f"cannot read sweep axis {item!r}: write KEY=V1,V2,... e.g. lr=1e-3,2e-3")
+        if key in axes:
+            raise GrowLengthError(f"the sweep names {key!r} twice")
+        axes[key] = [coerce(key, v) for v in values.split(",")]
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def fields_of(cls: type = TrainConfig) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def field_type(name: str, cls: type = TrainConfig) -> type:
+    """The field's own type, with `| None` stripped: int, float, bool or str."""
+    hint = typing.get_type_hints(cls)[name]
     if isinstance(hint, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
 
 
-def coerce(name: str, value):
+def coerce(name: str, value, cls: type = TrainConfig):
     """value as the field's type; '2e8' and 2e8 are fine for an int field if they are whole."""
-    if name not in FIELDS:
-        close = difflib.get_close_matches(name, FIELDS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise GrowLengthError(f"unknown config key {name!r}{hint}")
+    if name not in fields_of(cls):
+        raise _unknown(name, list(fields_of(cls)))
     if value is None:
         return None
-    kind = field_type(name)
+    kind = field_type(name, cls)
     try:
         if kind is int:
             number = float(value) if isinstance(value, str) else value
@@ -154,6 +246,11 @@ def coerce(name: str, value):
         raise GrowLengthError(f"config key {name!r} must be {kind.__name__}, got {value!r}") from None
 
 
+def _unknown(key: str, known: list[str]) -> GrowLengthError:
+    close = difflib.get_close_matches(key, known, n=1)
+    return GrowLengthError(f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
 def read_yaml(path: str | Path) -> dict:
     """A YAML mapping of config keys, as plain data (yaml.safe_load: no code runs)."""
     path = Path(path)
@@ -172,9 +269,31 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """The YAML file's values, then the overrides on top, checked and typed."""
-    values = read_yaml(path) if path else {}
-    values.update({k: v for k, v in (overrides or {}).items()})
-    return TrainConfig(**{k: coerce(k, v) for k, v in values.items()})
+    return load_sections(path, overrides, TrainConfig)[0]
+
+
+def load_sections(path: str | Path | None, overrides: dict | None, *classes: type) -> tuple:
+    """One YAML file (then the overrides) holding the keys of several configs (e.g. train and bench
+    keys): each key goes to the first class that has it, typed by `coerce`; a key none has fails."""
+    values = {**(read_yaml(path) if path else {}), **(overrides or {})}
+    sections: list[dict] = [{} for _ in classes]
+    for key, value in values.items():
+        owner = next((i for i, cls in enumerate(classes) if key in fields_of(cls)), None)
+        if owner is None:
+            raise _unknown(key, [name for cls in classes for name in fields_of(cls)])
+        sections[owner][key] = coerce(key, value, classes[owner])
+    return tuple(cls(**section) for cls, section in zip(classes, sections, strict=True))
+
+
+def parse_lengths(text: str, flag: str) -> list[int]:
+    """'128,512,256' -> [128, 256, 512]; every length at least 2."""
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise GrowLengthError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 2:
+        raise GrowLengthError(f"{flag} must be integers of at least 2, got {text!r}")
+    return values
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

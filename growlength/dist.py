@@ -26,12 +26,14 @@ class World:
 
 
 def init(device_type: str) -> World:
-    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
+    """Join the process group torchrun describes in the environment: gloo on CPU; on CUDA, nccl for
+    CUDA tensors and gloo for the CPU ones (the small collectives here send CPU tensors, which nccl
+    alone refuses: "No backend type associated with device type cpu")."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        torch_dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
     return World(rank=torch_dist.get_rank(), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 

@@ -74,9 +74,8 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
 
 
 def _stages(lengths: list[int]) -> str:
-    share = 1.0 / len(lengths)
-    shares = [round(share, 12)] * (len(lengths) - 1)
-    return ",".join(f"{n}:{s}" for n, s in zip(lengths, [*shares, 1.0 - sum(shares)]))
+    """Equal, exact shares: '64:1/3,128:1/3,256:1/3'."""
+    return ",".join(f"{n}:1/{len(lengths)}" for n in lengths)
 
 
 def _bare_step(run, shape) -> float:

@@ -120,6 +120,9 @@ def megatron_reshape(samples_BS: np.ndarray, seq_len: int) -> np.ndarray:
     return rows_R[: megatron_reshape_rows(batch, sample_tokens - 1, seq_len)]
 
 
+BASELINE = "fixed-target"
+DEFAULT_RUNS = "fixed-target,growlength,composer,deepspeed,deepspeed-reshape,skyladder,dd"
+
 # The arena: every recipe as train-config values. `{start_len}` and `{short_len}` are the bench's;
 # `{dd_start_len}` is target_len / 32.
 RECIPES = {

@@ -4,7 +4,8 @@ import tarfile
 import pytest
 from conftest import tiny_config
 
-from growlength.bench import BenchConfig, bench, format_table, parse_sweep, run_config, time_to_reach
+from growlength.bench import bench, format_table, run_config, time_to_reach
+from growlength.config import BenchConfig, parse_sweep
 from growlength.errors import GrowLengthError
 
 

@@ -10,6 +10,7 @@ from conftest import CHILD_ENV, tiny_config
 
 from growlength.cli import main
 from growlength.config import save_config
+from growlength.errors import GrowLengthError
 
 TINY = [
     "--model",
@@ -255,18 +256,53 @@ def test_resume_without_changes_finishes_a_finished_run(trained, capsys):
 def test_every_shipped_config_parses(tmp_path):
     from pathlib import Path
 
-    from growlength.bench import BENCH_FIELDS, load_bench_config
-    from growlength.config import TrainConfig, load_config, read_yaml
+    from growlength.config import BenchConfig, TrainConfig, fields_of, load_config, load_sections, read_yaml
 
     configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     assert len(configs) >= 3
     for path in configs:
-        is_bench = bool(BENCH_FIELDS & read_yaml(path).keys())
-        load_bench_config(path, {}) if is_bench else load_config(path)
+        is_bench = bool(fields_of(BenchConfig).keys() & read_yaml(path).keys())
+        load_sections(path, {}, TrainConfig, BenchConfig) if is_bench else load_config(path)
     # `growlength train` with no config runs the demo
     assert load_config(Path(__file__).parent.parent / "configs" / "demo.yaml") == TrainConfig()
     save_config(tiny_config("x"), tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == tiny_config("x")
+
+
+def test_one_config_path_for_train_bench_and_profile(tmp_path):
+    from growlength.config import BenchConfig, ProfileConfig, TrainConfig, load_config, load_sections
+
+    path = tmp_path / "bench.yaml"
+    path.write_text("lr: 3e-3\nrepeats: '3'\nsweep: lr=1e-3,2e-3\nequal_tokens: yes\nrounds: 2\n")
+    train, bench, prof = load_sections(path, {"budget_steps": "2e2"}, TrainConfig, BenchConfig, ProfileConfig)
+    assert (train.lr, train.budget_steps, bench.repeats, bench.equal_tokens, prof.rounds) == (
+        3e-3,
+        200,
+        3,
+        True,
+        2,
+    )
+    with pytest.raises(GrowLengthError, match="unknown config key 'repeats'"):
+        load_config(path)  # bench keys are not train keys
+    with pytest.raises(GrowLengthError, match="did you mean 'repeats'"):
+        load_sections(None, {"repeat": 2}, TrainConfig, BenchConfig)
+    with pytest.raises(GrowLengthError, match="config key 'rounds' must be int"):
+        load_sections(None, {"rounds": "many"}, TrainConfig, ProfileConfig)
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("train", ["--tokens-per-step INT", "(default: 8192)", "(default: none)"]),
+        ("bench", ["--sweep STR", "--repeats INT", "(default: 2)", "--equal-tokens [BOOL]", "--lr FLOAT"]),
+        ("profile", ["--rounds INT", "(default: 5)", "--lengths STR", "--target-len INT"]),
+    ],
+)
+def test_help_shows_every_key_with_its_default(command, shown, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert all(words in text for words in shown), [w for w in shown if w not in text]
 
 
 # The catalogue for the other commands: argv -> the words the one error line must hold.
