@@ -389,10 +389,12 @@ def format_table(report: dict) -> str:
     base = report["runs"][report["baseline"]]["final_val_loss"]
     equal_tokens = any("equal_tokens" in r for r in report["runs"].values())
     head = f"| run | setting | val loss @{target} | vs baseline | tokens | speedup (equal time) | token gain |"
-    lines = [head + (" loss at equal tokens |" if equal_tokens else ""), "|---" * (7 + equal_tokens) + "|"]
+    columns = 7 + equal_tokens
+    lines = [head + (" loss at equal tokens |" if equal_tokens else ""), "|---" * columns + "|"]
     for name, r in report["runs"].items():
         if "crash" in r:
-            lines.append(f"| {name} | crashes in the peer's own code: {r['crash'].split(':')[0]} |" + " |" * 5)
+            crash = r["crash"].split(":")[0]
+            lines.append(f"| {name} | crashes in the peer's own code: {crash} |" + " |" * (columns - 2))
             continue
         row = (
             f"| {name} | {point_label(r['setting'])} | {r['final_val_loss']:.4f} "
@@ -403,6 +405,21 @@ def format_table(report: dict) -> str:
         if equal_tokens:
             row += f" {r['equal_tokens']['final_val_loss']:.4f} |"
         lines.append(row)
+    return "\n".join(lines)
+
+
+def format_sweep(report: dict) -> str:
+    """A Markdown table of the sweep: final val loss of every recipe at every point, the best in bold."""
+    sweep = report.get("sweep")
+    if not sweep:
+        return ""
+    labels = [point_label(row["setting"]) for row in next(iter(sweep.values()))]
+    lines = ["| run | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for name, rows in sweep.items():
+        losses = [row.get("final_val_loss") for row in rows]
+        best = min((x for x in losses if x is not None), default=None)
+        cells = ["crash" if x is None else f"**{x:.4f}**" if x == best else f"{x:.4f}" for x in losses]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

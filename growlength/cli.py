@@ -180,11 +180,13 @@ def _train(args) -> int:
 
 
 def _bench(args) -> int:
-    from growlength.bench import bench, format_table
+    from growlength.bench import bench, format_sweep, format_table
 
     overrides = _overrides(args, TrainConfig, BenchConfig)
     base, bench_cfg = load_sections(getattr(args, "config", None), overrides, TrainConfig, BenchConfig)
     report = bench(base, bench_cfg, args.out, show_progress=not getattr(args, "quiet", False))
+    if report["sweep"]:
+        print(format_sweep(report), end="\n\n")
     print(format_table(report))
     print(report["headline"])
     print(f"wrote {Path(args.out) / 'bench.json'}, bench-*.png and runs.tar.gz")

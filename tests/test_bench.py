@@ -4,7 +4,7 @@ import tarfile
 import pytest
 from conftest import tiny_config
 
-from growlength.bench import bench, format_table, run_config, time_to_reach
+from growlength.bench import bench, format_sweep, format_table, run_config, time_to_reach
 from growlength.config import BenchConfig, parse_sweep
 from growlength.errors import GrowLengthError
 
@@ -91,6 +91,8 @@ def test_tiny_arena_sweeps_then_compares_best_against_best_at_equal_time(corpus,
     assert len([n for n in names if n.endswith("metrics.jsonl")]) == 3 * (2 + 2 + 2)
     table = format_table(report)
     assert table.count("\n") == 2 + len(runs) - 1 and "| fixed-target | lr=0.00" in table
+    sweep = format_sweep(report)
+    assert sweep.startswith("| run | lr=0.002 | lr=0.006 |") and sweep.count("**") == 2 * len(runs)
 
 
 def test_a_peer_that_crashes_is_a_result(corpus, tmp_path):
