@@ -333,7 +333,7 @@ def provenance() -> dict:
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "command": shlex.join(["growlength", *sys.argv[1:]]) if Path(sys.argv[0]).name == "growlength" else None,
-        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 
