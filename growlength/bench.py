@@ -29,19 +29,10 @@ import sys
 import tarfile
 from pathlib import Path
 
-from growlength.config import BenchConfig, TrainConfig, load_config, load_sections, parse_sweep
+from growlength.config import BenchConfig, TrainConfig, load_config, parse_sweep, point_label
 from growlength.errors import GrowLengthError
 from growlength.recipes import BASELINE, ComposerCrash, recipe
 from growlength.trackers import read_metrics
-
-
-def load_bench_config(path: str | Path | None, overrides: dict) -> tuple[TrainConfig, BenchConfig]:
-    """A YAML file (and flags on top) holding train keys and bench keys, split and checked."""
-    return load_sections(path, overrides, TrainConfig, BenchConfig)
-
-
-def point_label(point: dict) -> str:
-    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()) or "config"
 
 
 def run_config(base: TrainConfig, name: str, point: dict, seed: int, bench: BenchConfig, **budget) -> TrainConfig:

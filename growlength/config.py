@@ -1,5 +1,5 @@
-"""Configs: keyword-only dataclasses (`TrainConfig` here; `BenchConfig` and `ProfileConfig` beside the
-commands that read them), loaded from YAML and/or command-line overrides through one path.
+"""Configs: keyword-only dataclasses (`TrainConfig`, and the keys of `bench` and `profile` in
+`BenchConfig` and `ProfileConfig`), loaded from YAML and/or command-line overrides through one path.
 
 Every field has its help text in `metadata` (`option`), which the CLI turns into `--flag-name` with its
 default shown. One coercion (`coerce`) types every value of every config; bad input fails here, at
@@ -157,11 +157,7 @@ class BenchConfig:
     def final_lengths(self, target_len: int) -> list[int]:
         if self.extrapolate:
             return parse_lengths(self.extrapolate, "extrapolate")
-        lengths, n = [], self.short_len
-        while n < 2 * target_len:
-            lengths.append(n)
-            n *= 2
-        return sorted({*lengths, target_len, 2 * target_len})
+        return sorted({*doubling_lengths(self.short_len, 2 * target_len), target_len})
 
     def seeds(self, base_seed: int) -> list[int]:
         """Fresh seeds after a sweep (its seed chose the best point), else base_seed onwards."""
@@ -202,6 +198,11 @@ def parse_sweep(text: str | None) -> list[dict]:
             raise GrowLengthError(f"the sweep names {key!r} twice")
         axes[key] = [coerce(key, v) for v in values.split(",")]
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def point_label(point: dict) -> str:
+    """A sweep point as text: {'lr': 0.002, 'tokens_per_step': 2048} -> 'lr=0.002 tokens_per_step=2048'."""
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()) or "config"
 
 
 def fields_of(cls: type = TrainConfig) -> dict[str, dataclasses.Field]:

@@ -3,6 +3,7 @@ marked; and for a bench, tokens/s by length and loss by evaluation length."""
 
 from pathlib import Path
 
+from growlength.config import point_label
 from growlength.trackers import read_metrics
 
 MAX_MARKED_STAGES = 8  # a ramp changes length every few steps: marking each would hide the curves
@@ -103,7 +104,7 @@ def plot_bench(out: Path, report: dict, run_dirs: list[Path], labels: list[str])
 def _plot_sweep(sweep: dict, out: Path) -> Path:
     """Final val loss of every recipe at every sweep point (crashes left out)."""
     plt = _pyplot()
-    labels = [" ".join(f"{k}={v}" for k, v in row["setting"].items()) for row in next(iter(sweep.values()))]
+    labels = [point_label(row["setting"]) for row in next(iter(sweep.values()))]
     fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(labels)), 4.5))
     for i, (name, rows) in enumerate(sweep.items()):
         points = [(j, row["final_val_loss"]) for j, row in enumerate(rows) if "final_val_loss" in row]
