@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from growlength.errors import GrowLengthError
+from growlength.tokens import positions_of
 
 CYCLES = 8
 
@@ -52,7 +53,7 @@ def bucket_starts(
 ) -> dict[int, np.ndarray]:
     """Where each chunk of each bucket starts in the token stream: {k: int64 offsets}. Documents end at
     each eos (the eos is the document's last token); a tail after the last eos counts as a document."""
-    ends = np.flatnonzero(np.asarray(tokens) == eos_id) + 1
+    ends = positions_of(tokens, eos_id) + 1
     if len(ends) == 0 or ends[-1] != len(tokens):
         ends = np.append(ends, len(tokens))
     starts = {k: [] for k in range(min_log2, max_log2 + 1)}

@@ -18,6 +18,7 @@ from growlength.config import (
     parse_lengths,
 )
 from growlength.errors import GrowLengthError
+from growlength.readers import DEFAULT_GLOB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,19 +40,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    prep = commands.add_parser("prepare", help="text -> token files (train/val), meta.json, tokenizer.json")
+    prep = commands.add_parser("prepare", help="text -> token shards (train/val), meta.json, tokenizer.json")
     prep.add_argument(
         "--input",
         nargs="+",
         default=["shakespeare"],
-        help="files (.txt .md .jsonl .json .csv .parquet), folders, or 'shakespeare' (default)",
+        help="files (.jsonl[.gz|.zst] .parquet .csv .json, or text of any kind), folders of them, saved "
+        "`datasets` folders, or 'shakespeare' (default)",
     )
-    prep.add_argument("--out", required=True, help="folder to write")
+    prep.add_argument("--out", required=True, help="folder to write (a rerun of the same command resumes it)")
+    prep.add_argument("--glob", default=DEFAULT_GLOB, help="files to read in folders (default: %(default)s)")
     prep.add_argument("--vocab-size", type=int, default=4096, help="size of the BPE tokenizer to train")
     prep.add_argument("--tokenizer", help="use this tokenizer.json instead of training one")
+    prep.add_argument(
+        "--tokenizer-sample",
+        type=int,
+        default=50_000_000,
+        help="characters to train the tokenizer on (a seeded sample)",
+    )
+    prep.add_argument("--tokenizer-only", action="store_true", help="write only tokenizer.json (for --part)")
     prep.add_argument("--eos-token", default="<|endoftext|>", help="document separator token")
-    prep.add_argument("--val-fraction", type=float, default=0.05, help="share of the text held out")
+    prep.add_argument("--val-fraction", type=float, default=0.05, help="share of the documents held out")
     prep.add_argument("--text-field", default="text", help="the text field of .jsonl/.json/.csv/.parquet")
+    prep.add_argument("--workers", type=int, help="encoding processes (default: one per core)")
+    prep.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file")
+    prep.add_argument(
+        "--part", default="0/1", help="I/N: read every N-th input file from the I-th (many machines)"
+    )
     prep.add_argument("--seed", type=int, default=0)
     prep.set_defaults(run=_prepare)
 
@@ -144,16 +159,26 @@ def _prepare(args) -> int:
     meta = prepare(
         args.input,
         args.out,
-        vocab_size=args.vocab_size,
         tokenizer_path=args.tokenizer,
+        workers=args.workers,
+        tokenizer_only=args.tokenizer_only,
+        vocab_size=args.vocab_size,
         eos_token=args.eos_token,
         val_fraction=args.val_fraction,
         text_field=args.text_field,
+        glob=args.glob,
+        tokenizer_sample=args.tokenizer_sample,
+        shard_tokens=args.shard_tokens,
+        part=args.part,
         seed=args.seed,
     )
+    if args.tokenizer_only:
+        print(f"wrote {meta['tokenizer']} (sha256 {meta['tokenizer_sha256'][:12]})")
+        return 0
+    shards = sum(len(s) for s in meta["shards"].values())
     print(
         f"wrote {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
-        f"({meta['train_docs']} + {meta['val_docs']} documents), vocab {meta['vocab_size']}"
+        f"({meta['train_docs']} + {meta['val_docs']} documents) in {shards} shards, vocab {meta['vocab_size']}"
     )
     return 0
 

@@ -43,7 +43,9 @@ RANGES = (
 @dataclass(kw_only=True)
 class TrainConfig:
     data: str = option(
-        "shakespeare", "prepared folder, or 'shakespeare' for the embedded corpus (prepared on first use)"
+        "shakespeare",
+        "prepared folder (several as 'a,b': one stream), or 'shakespeare' for the embedded corpus (prepared on "
+        "first use)",
     )
     vocab_size: int = option(2048, "tokenizer size when the embedded corpus is prepared on first use")
     model: str = option("small", "model preset (tiny, small, pythia-14m/70m/160m/410m, llama-*) or a config.json")

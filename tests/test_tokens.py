@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from growlength.errors import GrowLengthError
-from growlength.tokens import Loader, eval_windows, open_tokens
+from growlength.tokens import Loader, Stream, eval_windows, open_tokens, positions_of
 
 # Unique token values, so "each token exactly once" can be checked by value.
 STREAM = np.arange(10_000, dtype=np.uint32)
@@ -146,3 +146,51 @@ def test_open_tokens_checks_the_files_against_meta(tmp_path):
 
     with pytest.raises(GrowLengthError, match="growlength prepare"):
         open_tokens(tmp_path / "nowhere")
+
+
+def shards_of(tokens, cuts):
+    return [tokens[a:b] for a, b in zip([0, *cuts], [*cuts, len(tokens)], strict=True)]
+
+
+def test_a_stream_of_shards_reads_like_the_joined_array():
+    parts = shards_of(STREAM, [1, 2500, 2501, 7000])
+    stream = Stream(parts)
+    rng = np.random.default_rng(0)
+    assert len(stream) == len(STREAM) and stream.max() == STREAM.max()
+    assert stream[-1] == STREAM[-1] and stream[2500] == STREAM[2500]
+    for a, b in rng.integers(0, len(STREAM) + 5, size=(300, 2)):
+        assert np.array_equal(stream[a:b], STREAM[a:b])
+    assert np.array_equal(np.asarray(stream), STREAM)
+    stream_with_eos = Stream(shards_of(STREAM % 97, [1, 300, 9000]))
+    assert np.array_equal(positions_of(stream_with_eos, 5), np.flatnonzero(STREAM % 97 == 5))
+
+
+def test_the_loader_over_shards_gives_the_batches_of_the_joined_array():
+    """Blocks cross shard ends freely: the shuffled stream and every batch are those of one array."""
+    plan = [(16, 8), (32, 4), (64, 2), (128, 1)] * 30  # several epochs of 10,000 tokens
+    flat = consume(Loader(STREAM, seed=5, block_tokens=300), plan)
+    sharded = consume(Loader(Stream(shards_of(STREAM, [123, 4000, 4001, 9999])), seed=5, block_tokens=300), plan)
+    assert np.array_equal(flat[0], sharded[0]) and np.array_equal(flat[1], sharded[1])
+
+
+def test_prepared_folders_of_the_first_format_and_of_shards_both_open(tmp_path):
+    write_prepared(tmp_path / "v1", np.arange(50, dtype=np.uint16), np.arange(10, dtype=np.uint16))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    shards = {"train": [], "val": []}
+    for split, parts in (
+        ("train", shards_of(np.arange(50, 90, dtype=np.uint16), [15, 30])),
+        ("val", [np.arange(9)]),
+    ):
+        for i, part in enumerate(parts):
+            part.astype(np.uint16).tofile(v2 / f"{split}-{i:05d}.bin")
+            shards[split].append({"file": f"{split}-{i:05d}.bin", "tokens": len(part), "max_id": int(part.max())})
+    meta = dict(dtype="uint16", vocab_size=100, eos_id=0, train_tokens=40, val_tokens=9, tokenizer_sha256="x")
+    (v2 / "meta.json").write_text(json.dumps({**meta, "shards": shards}))
+    data = open_tokens(v2)
+    assert np.array_equal(np.asarray(data.train), np.arange(50, 90)) and data.max_id("train") == 89
+    joined = open_tokens(f"{tmp_path / 'v1'},{v2}")
+    assert np.array_equal(np.asarray(joined.train), np.arange(90)) and len(joined.val) == 19
+    (v2 / "train-00001.bin").unlink()
+    with pytest.raises(GrowLengthError, match="train-00001.bin is missing"):
+        open_tokens(v2)
