@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from growlength import encode as enc
 from growlength import prepare as prep
+from growlength.encode import EOS_TOKEN, is_val, pieces, tokenizer_sample
 from growlength.errors import GrowLengthError
-from growlength.prepare import EOS_TOKEN, is_val, pieces, prepare, tokenizer_sample
+from growlength.prepare import prepare
 from growlength.readers import documents, list_sources
 from growlength.tokens import file_sha256, open_tokens
 
@@ -63,7 +65,7 @@ def test_prepare_writes_shards_meta_and_tokenizer(tmp_path):
 
 
 def test_output_does_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
-    monkeypatch.setattr(prep, "BATCH_CHARS", 500)  # many batches in flight at once
+    monkeypatch.setattr(enc, "BATCH_CHARS", 500)  # many batches in flight at once
     folder, jsonl = make_inputs(tmp_path)
     for workers in (1, 3):
         prepare(
@@ -77,7 +79,7 @@ def test_output_does_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
 def test_a_prepare_killed_anywhere_resumes_to_the_same_files(tmp_path, monkeypatch, crash_at):
     """Killed at the n-th state save (shards already cut, the state that lists them not yet saved),
     a rerun of the same command ends with the same files as one that never stopped."""
-    monkeypatch.setattr(prep, "BATCH_CHARS", 400)
+    monkeypatch.setattr(enc, "BATCH_CHARS", 400)
     folder, jsonl = make_inputs(tmp_path)
     args = dict(vocab_size=300, val_fraction=0.2, shard_tokens=500, workers=1)
     whole = prepare([str(folder), str(jsonl)], tmp_path / "whole", **args)
@@ -106,7 +108,7 @@ def test_a_prepare_killed_anywhere_resumes_to_the_same_files(tmp_path, monkeypat
 
 
 def test_changed_inputs_or_options_are_refused_with_the_reason(tmp_path, monkeypatch):
-    monkeypatch.setattr(prep, "BATCH_CHARS", 400)
+    monkeypatch.setattr(enc, "BATCH_CHARS", 400)
     folder, _ = make_inputs(tmp_path)
     meta = prepare([str(folder)], tmp_path / "out", vocab_size=300, workers=1)
     assert prepare([str(folder)], tmp_path / "out", vocab_size=300, workers=2) == meta  # done: reused
@@ -238,12 +240,12 @@ def test_a_single_document_gives_its_tail_to_val(tmp_path):
 def test_the_tokenizer_sample_is_bounded_seeded_and_from_train_documents(tmp_path):
     folder, jsonl = make_inputs(tmp_path, n_files=40)
     sources = list_sources([str(folder), str(jsonl)])
-    opts = prep.PrepareOptions(tokenizer_sample=2000, val_fraction=0.2, seed=3)
+    opts = enc.PrepareOptions(tokenizer_sample=2000, val_fraction=0.2, seed=3)
     sample = tokenizer_sample(sources, opts)
     assert 0 < sum(map(len, sample)) <= 2000 and sample == tokenizer_sample(sources, opts)
     val = {t for p, t in documents(sources) if is_val(3, p, 0.2)}
     assert not set(sample) & val
-    other = tokenizer_sample(sources, prep.PrepareOptions(tokenizer_sample=2000, val_fraction=0.2, seed=4))
+    other = tokenizer_sample(sources, enc.PrepareOptions(tokenizer_sample=2000, val_fraction=0.2, seed=4))
     assert other != sample
 
 
