@@ -91,6 +91,7 @@ class TrainConfig:
     device: str = option("auto", "auto | cpu | cuda")
     log_to: str = option("tensorboard", "besides metrics.jsonl: tensorboard | wandb | tensorboard,wandb | none")
     wandb_project: str = option("growlength", "the Weights & Biases project when log_to has wandb")
+    log_every_seconds: float = option(30.0, "off a terminal (a batch job's log), a progress line this often")
     parallel: str = option(
         "ddp", "under torchrun: ddp (a model copy per rank) | fsdp (FSDP2: weights and optimizer state sharded)"
     )

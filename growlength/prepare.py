@@ -20,10 +20,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from growlength.encode import EOS_TOKEN, PrepareOptions, batches, encoded, load_tokenizer, new_tokenizer
 from growlength.errors import GrowLengthError
+from growlength.meter import Meter
 from growlength.readers import DEFAULT_CORPUS, Source, default_corpus_dir, list_sources
 from growlength.tokens import ShardWriter, file_sha256
 
@@ -140,7 +140,7 @@ def _encode_all(sources, out: Path, opts: PrepareOptions, tokenizer, state: dict
         for split in ("train", "val")
     }
     total = sum(s.path.stat().st_size for s in sources if s and s.kind in ("text", "jsonl") and s.path.is_file())
-    bar = tqdm(total=total or None, initial=state["chars"], desc="encode", unit="char", unit_scale=True)
+    bar = Meter(total or None, initial=state["chars"], desc="encode", unit="char", scale=True)
     started = time.perf_counter() - state["seconds"]
     stream = batches(sources, opts, tuple(state["position"]))
     for batch, ids, lengths in encoded(stream, tokenizer, state["eos_id"], workers):

@@ -22,6 +22,7 @@ from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_check
 from growlength.config import TrainConfig, save_config
 from growlength.errors import GrowLengthError
 from growlength.evaluate import autocast_context, lm_loss, val_losses
+from growlength.meter import Meter
 from growlength.models import build_model, count_params
 from growlength.plan import data_path, device_for, make_out_dir, preflight, resolve_config
 from growlength.recipes import megatron_reshape
@@ -344,32 +345,29 @@ def stage_change_record(loss: float, before: list[float]) -> dict:
     return {"stage_change": True, "loss_jump": jump, "spike": jump > 0 and jump > 3 * noise}
 
 
-def _progress_bar(run: Run, show: bool):
-    from tqdm.auto import tqdm
-
+def _progress_bar(run: Run, show: bool) -> Meter:
     p, unit = run.progress, run.budget.unit
     done = {"steps": p.step, "tokens": p.tokens, "seconds": p.seconds}[unit]
-    return tqdm(
-        total=run.budget.total,
+    return Meter(
+        run.budget.total,
         initial=done,
-        unit=unit.rstrip("s") if unit != "seconds" else "s",
-        unit_scale=unit == "tokens",
-        disable=not (show and run.world.is_main),
         desc="train",
-        mininterval=1.0,
-        dynamic_ncols=True,
+        unit={"steps": "step", "tokens": "token", "seconds": "s"}[unit],
+        scale=unit == "tokens",
+        show=show and run.world.is_main,
+        every_s=run.cfg.log_every_seconds,
     )
 
 
-def _update_bar(bar, run: Run, record: dict) -> None:
+def _update_bar(bar: Meter, run: Run, record: dict) -> None:
     done = {"steps": 1, "tokens": run.shapes[record["seq_len"]].tokens, "seconds": run.progress.last_step_s}
-    bar.update(done[run.budget.unit])
     stages = len(run.schedule.all_lengths())
     stage = f"stage {run.schedule.all_lengths().index(record['seq_len']) + 1}/{stages} " if stages < 10 else ""
-    bar.set_postfix_str(
+    postfix = (
         f"{stage}seq_len {record['seq_len']} rows {record['rows']} "
         f"{record['tokens_per_s']:,.0f} tok/s loss {record['loss']:.3f}"
     )
+    bar.update(done[run.budget.unit], postfix)
 
 
 def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
