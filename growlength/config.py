@@ -40,6 +40,9 @@ RANGES = (
 )
 
 
+ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     data: str = option(
@@ -95,6 +98,10 @@ class TrainConfig:
     parallel: str = option(
         "ddp", "under torchrun: ddp (a model copy per rank) | fsdp (FSDP2: weights and optimizer state sharded)"
     )
+    attn_implementation: str = option(
+        "sdpa", "attention kernel, passed to transformers: sdpa | eager | flex_attention | flash_attention_2"
+    )
+    activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass")
 
     def __post_init__(self):
         for name in ("start_len", "target_len", "tokens_per_step", "micro_batch_tokens", "eval_tokens"):
@@ -116,6 +123,10 @@ class TrainConfig:
             raise GrowLengthError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise GrowLengthError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
+        if self.attn_implementation not in ATTENTION:
+            raise GrowLengthError(
+                f"attn_implementation must be one of {', '.join(ATTENTION)}, got {self.attn_implementation!r}"
+            )
         given = [b for b in ("budget_steps", "budget_tokens", "budget_seconds") if getattr(self, b) is not None]
         if len(given) > 1:
             raise GrowLengthError(f"give one budget, not {given}")

@@ -139,13 +139,17 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
-def build_model(config, seed: int):
-    """A freshly initialised causal LM, the same weights for the same seed."""
+def build_model(config, seed: int, attn_implementation: str = "sdpa", checkpointing: bool = False):
+    """A freshly initialised causal LM, the same weights for the same seed, with the attention kernel
+    asked for and (optionally) activation checkpointing, both through transformers."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def count_params(model) -> int:

@@ -2,6 +2,7 @@
 and step shapes (`preflight`), the run folder, and the device. Every bad input fails here, in one line."""
 
 import dataclasses
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,11 +155,27 @@ def _check_corpus(data: TokenData, biggest: StepShape, target_len: int) -> None:
 
 def device_for(name: str) -> torch.device:
     """The device for `auto`, `cpu` or `cuda`. On the CPU, subnormal floats are flushed to zero first
-    (see models.flush_denormals), before the first parallel op creates the worker threads."""
+    (see models.flush_denormals), before the first parallel op creates the worker threads. On CUDA,
+    before the first allocation: expandable segments (lengths that change from stage to stage then
+    reuse one growing segment instead of fragmenting the cache), unless the user set the allocator's
+    options; and TF32 for float32 matmuls (what is left in fp32 under bf16 autocast)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise GrowLengthError("device cuda asked for, but torch sees no GPU: use --device cpu")
     if name == "cpu":
         flush_denormals()
+    else:
+        if not {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"} & set(os.environ):
+            os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+        torch.set_float32_matmul_precision("high")
     return torch.device(name)
+
+
+def check_attention(name: str, device: torch.device) -> None:
+    """flash_attention_2 needs its package and a GPU; say so before any work starts."""
+    if name == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise GrowLengthError("attn_implementation flash_attention_2 needs `pip install flash-attn`")
+        if device.type != "cuda":
+            raise GrowLengthError("attn_implementation flash_attention_2 runs on CUDA only: use sdpa on the CPU")

@@ -24,7 +24,7 @@ from growlength.errors import GrowLengthError
 from growlength.evaluate import autocast_context, lm_loss, val_losses
 from growlength.meter import Meter
 from growlength.models import build_model, count_params
-from growlength.plan import data_path, device_for, make_out_dir, preflight, resolve_config
+from growlength.plan import check_attention, data_path, device_for, make_out_dir, preflight, resolve_config
 from growlength.recipes import megatron_reshape
 from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at
 from growlength.tokens import Loader, TokenData
@@ -104,14 +104,16 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     """Everything the loop needs: checked plan, model, optimizer, loader, and the restored progress."""
     cfg = resolve_config(cfg, out, resume)
     device = device_for(cfg.device)
+    check_attention(cfg.attn_implementation, device)
     world = dist.init(device.type)
     plan = preflight(cfg, data_path(cfg, world), world.size)
     data, schedule, budget, shapes = plan.data, plan.schedule, plan.budget, plan.shapes
     make_out_dir(out)
-    model = build_model(plan.model_cfg, cfg.seed).to(device)
+    model = build_model(plan.model_cfg, cfg.seed, cfg.attn_implementation, cfg.activation_checkpointing)
+    model = model.to(device)
     n_params = count_params(model)
     model = dist.wrap(model, world, device, cfg.parallel)
-    optimizer = _optimizer(model, cfg)
+    optimizer = _optimizer(model, cfg, device)
     loader = _loader(plan, cfg, world)
     progress, last_eval = _restore(out, model, optimizer, loader) if resume else (Progress(), {})
     trackers = NoTrackers()
@@ -325,6 +327,9 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
         "tokens_per_s": round(shape.tokens / max(step_s, 1e-9), 1),
         "stage": p.seq_lens.index(shape.seq_len) + 1,
     }
+    if run.device.type == "cuda":  # this step's peak (a stage's is the largest of its steps')
+        record["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**20)
+        torch.cuda.reset_peak_memory_stats(run.device)
     if run.schedule.has_stages and p.recent and p.recent[-1][0] != shape.seq_len:
         record.update(stage_change_record(loss, [recent_loss for _, recent_loss in p.recent]))
         if record["spike"] and run.world.is_main:
@@ -370,14 +375,14 @@ def _update_bar(bar: Meter, run: Run, record: dict) -> None:
     bar.update(done[run.budget.unit], postfix)
 
 
-def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, biases and norms do not."""
+def _optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused into one kernel on CUDA); matrices decay, biases and norms do not."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
 
 
 def _restore(out: Path, model, optimizer, loader: Loader | BucketLoader) -> tuple[Progress, dict]:

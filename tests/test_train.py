@@ -151,3 +151,27 @@ def test_stage_change_record_calls_a_spike_only_above_the_noise():
     calm = stage_change_record(4.05, [4.0, 4.1, 3.9, 4.0, 4.05])
     assert calm["loss_jump"] == pytest.approx(0.04) and not calm["spike"]
     assert not stage_change_record(3.5, [4.0])["spike"]  # a drop is never a spike
+
+
+def test_attention_kernels_and_activation_checkpointing_train_the_same_model(corpus, tmp_path):
+    """eager and sdpa attention, with and without recomputed activations: the same losses step by step
+    (up to float rounding), so the choice is one of speed and memory only."""
+    losses = {}
+    for attn, ckpt in (("sdpa", False), ("eager", False), ("sdpa", True)):
+        out = tmp_path / f"{attn}-{ckpt}"
+        cfg = tiny_config(corpus, budget_steps=6, evals=1, attn_implementation=attn, activation_checkpointing=ckpt)
+        train(cfg, out, show_progress=False)
+        steps, _ = records(out)
+        losses[attn, ckpt] = [r["loss"] for r in steps]
+    reference = losses["sdpa", False]
+    assert len(reference) == 6 and reference[0] > reference[-1]
+    for key, other in losses.items():
+        assert other == pytest.approx(reference, rel=1e-4), key
+
+
+def test_flash_attention_without_its_package_is_refused_before_any_work(corpus, tmp_path):
+    from growlength.errors import GrowLengthError
+
+    with pytest.raises(GrowLengthError, match="flash_attention_2 needs `pip install flash-attn`"):
+        train(tiny_config(corpus, attn_implementation="flash_attention_2"), tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()
