@@ -87,7 +87,7 @@ def _shares(buckets: dict[int, np.ndarray]) -> tuple[float, ...]:
 
 
 # How a run is launched, not what it trains: a resumed run may change these.
-LAUNCH_FIELDS = ("device", "parallel", "log_to", "wandb_project", "log_every_seconds")
+LAUNCH_FIELDS = ("device", "parallel", "log_to", "wandb_project", "log_every_seconds", "peak_tflops")
 
 
 def resolve_config(cfg: TrainConfig | None, out: Path, resume: bool) -> TrainConfig:

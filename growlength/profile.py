@@ -18,19 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from growlength.config import TrainConfig
-
-
-def flops_per_token(model, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x the parameters that multiply (all but the input embedding lookup;
-    the LM head counts even when tied) plus the attention term 12 x layers x width x seq_len
-    (the PaLM paper's appendix B count, without halving for the causal mask)."""
-    config = model.config
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    matmul = sum(p.numel() for p in model.parameters()) - embedding.numel()
-    if head is embedding:
-        matmul += head.numel()
-    return 6.0 * matmul + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
+from growlength.flops import flops_per_token
 
 
 def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progress: bool = True) -> dict:
@@ -70,7 +58,11 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
         checkpoint_s = time.perf_counter() - started
         loader_tps = _loader_tokens_per_s(run, shapes[0])
         run.trackers.close()
-    return _report(run.model, shapes, ours, bare, peak, first, checkpoint_s, loader_tps, run.device)
+    report = _report(run.model, shapes, ours, bare, peak, first, checkpoint_s, loader_tps, run.device)
+    if run.peak_flops:  # MFU at each length, where the device's peak is known (or given)
+        for row in report["lengths"]:
+            row["mfu"] = row["tokens_per_s"] * run.flops_by_len[row["seq_len"]] / run.peak_flops
+    return report
 
 
 def _stages(lengths: list[int]) -> str:
@@ -170,12 +162,16 @@ def format_profile(report: dict) -> str:
         "| first step at this length |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    with_mfu = all("mfu" in r for r in report["lengths"])
+    if with_mfu:
+        lines = [lines[0] + " MFU |", lines[1] + "---|"]
     for r in report["lengths"]:
         change = r["stage_change_vs_step"]
         lines.append(
             f"| {r['seq_len']} | {r['rows']} | {r['tokens_per_s']:,.0f} | {r['measured_speedup']:.2f}x "
             f"| {r['flops_speedup']:.2f}x | {r['peak_mb']:,.0f} | {r['overhead_vs_bare']:+.1%} "
             f"| {'—' if change is None else f'{change:.2f}x a step'} |"
+            + (f" {r['mfu']:.1%} |" if with_mfu else "")
         )
     lines.append(
         f"\nA doubling schedule with equal time per stage trains {report['doubling_equal_time_token_gain']:.2f}x "

@@ -22,6 +22,7 @@ from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_check
 from growlength.config import TrainConfig, save_config
 from growlength.errors import GrowLengthError
 from growlength.evaluate import autocast_context, lm_loss, val_losses
+from growlength.flops import device_name, flops_per_token, peak_flops
 from growlength.meter import Meter
 from growlength.models import build_model, count_params
 from growlength.plan import check_attention, data_path, device_for, make_out_dir, preflight, resolve_config
@@ -62,6 +63,8 @@ class Run:
     progress: Progress
     trackers: Trackers | NoTrackers
     last_eval: dict = field(default_factory=dict)
+    flops_by_len: dict[int, float] = field(default_factory=dict)  # training FLOPs per token
+    peak_flops: float | None = None  # the device's, for MFU; None where unknown
 
     def autocast(self):
         return autocast_context(self.device)
@@ -112,6 +115,7 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     model = build_model(plan.model_cfg, cfg.seed, cfg.attn_implementation, cfg.activation_checkpointing)
     model = model.to(device)
     n_params = count_params(model)
+    flops_by_len = {s.seq_len: flops_per_token(model, s.seq_len) for s in shapes}
     model = dist.wrap(model, world, device, cfg.parallel)
     optimizer = _optimizer(model, cfg, device)
     loader = _loader(plan, cfg, world)
@@ -142,6 +146,8 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         progress,
         trackers,
         last_eval=last_eval,
+        flops_by_len=flops_by_len,
+        peak_flops=peak_flops(device_name(device), cfg.peak_tflops),
     )
 
 
@@ -327,6 +333,8 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
         "tokens_per_s": round(shape.tokens / max(step_s, 1e-9), 1),
         "stage": p.seq_lens.index(shape.seq_len) + 1,
     }
+    if run.peak_flops:
+        record["mfu"] = round(record["tokens_per_s"] * run.flops_by_len[shape.seq_len] / run.peak_flops, 4)
     if run.device.type == "cuda":  # this step's peak (a stage's is the largest of its steps')
         record["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**20)
         torch.cuda.reset_peak_memory_stats(run.device)
@@ -370,7 +378,9 @@ def _update_bar(bar: Meter, run: Run, record: dict) -> None:
     stage = f"stage {run.schedule.all_lengths().index(record['seq_len']) + 1}/{stages} " if stages < 10 else ""
     postfix = (
         f"{stage}seq_len {record['seq_len']} rows {record['rows']} "
-        f"{record['tokens_per_s']:,.0f} tok/s loss {record['loss']:.3f}"
+        f"{record['tokens_per_s']:,.0f} tok/s "
+        + (f"MFU {record['mfu']:.0%} " if "mfu" in record else "")
+        + f"loss {record['loss']:.3f}"
     )
     bar.update(done[run.budget.unit], postfix)
 

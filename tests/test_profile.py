@@ -1,6 +1,7 @@
 import pytest
 from conftest import tiny_config
 
+from growlength.flops import peak_flops
 from growlength.models import build_model, count_params, model_config
 from growlength.profile import flops_per_token, format_profile, profile
 
@@ -14,8 +15,14 @@ def test_flops_per_token_counts_the_matmuls_and_the_attention_term():
     assert flops_per_token(tied, 256) == 6 * count_params(tied) + 12 * 2 * 64 * 256
 
 
+def test_peak_flops_come_from_the_override_or_the_device_table():
+    assert peak_flops("NVIDIA H200", None) == 989e12 and peak_flops("NVIDIA H100 PCIe", None) == 756e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB", None) == 312e12 and peak_flops("cpu", None) is None
+    assert peak_flops("cpu", 0.5) == 0.5e12
+
+
 def test_profile_reports_every_length_against_the_target(corpus):
-    report = profile(tiny_config(corpus), [64, 128, 256], rounds=1, show_progress=False)
+    report = profile(tiny_config(corpus, peak_tflops=0.01), [64, 128, 256], rounds=1, show_progress=False)
     rows = report["lengths"]
     assert [r["seq_len"] for r in rows] == [64, 128, 256]
     assert [r["rows"] for r in rows] == [32, 16, 8]  # constant tokens per step
@@ -28,5 +35,9 @@ def test_profile_reports_every_length_against_the_target(corpus):
     assert report["loader_vs_model_at_shortest"] > 1
     gain = sum(r["tokens_per_s"] for r in rows) / 3 / rows[-1]["tokens_per_s"]
     assert report["doubling_equal_time_token_gain"] == pytest.approx(gain)
+    model = build_model(model_config("tiny", vocab_size=512, eos_id=0), seed=0)
+    for row in rows:  # MFU: tokens/s x FLOPs per token over the given peak
+        assert row["mfu"] == pytest.approx(row["tokens_per_s"] * flops_per_token(model, row["seq_len"]) / 1e10)
     table = format_profile(report)
+    assert "MFU" in table
     assert table.count("\n| ") == 3  # one row per length and "tokens of fixed-length training" in table
