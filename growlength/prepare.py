@@ -139,7 +139,9 @@ def _encode_all(sources, out: Path, opts: PrepareOptions, tokenizer, state: dict
         split: ShardWriter(out, split, state["dtype"], opts.shard_tokens, state["splits"][split])
         for split in ("train", "val")
     }
-    total = sum(s.path.stat().st_size for s in sources if s and s.kind in ("text", "jsonl") and s.path.is_file())
+    # The bar's total: the bytes of plain text inputs (about their characters); unknown for the rest.
+    plain = [s for s in sources if s and s.kind in ("text", "jsonl") and s.path.suffix not in (".gz", ".zst")]
+    total = sum(s.path.stat().st_size for s in plain) if len(plain) == sum(1 for s in sources if s) else 0
     bar = Meter(total or None, initial=state["chars"], desc="encode", unit="char", scale=True)
     started = time.perf_counter() - state["seconds"]
     stream = batches(sources, opts, tuple(state["position"]))
