@@ -197,7 +197,7 @@ def _finish(out: Path, opts: PrepareOptions, state: dict, writers: dict, fingerp
         "inputs_sha256": _sha256(fingerprint),
         "encode_seconds": round(state["seconds"], 1),
         "shards": shards,
-        **{k: v for k, v in asdict(opts).items() if k not in ("tokenizer_sha256",)},
+        "options": asdict(opts),
     }
     _save_json(out / "meta.json", meta)
     for writer in writers.values():

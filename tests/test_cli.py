@@ -368,4 +368,5 @@ def test_a_folder_of_code_prepared_in_parts_trains_as_one_stream(corpus, tmp_pat
     assert out.count("shards, vocab 512") == 2
     data = f"{tmp_path / 'p0'},{tmp_path / 'p1'}"
     assert main(["train", "--data", data, "--out", str(tmp_path / "run"), *TINY, "--budget-steps", "2"]) == 0
-    assert (tmp_path / "run" / "final-eval.json").is_file()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2 and "val_loss" in records[-1]
