@@ -25,6 +25,7 @@ class Meter:
         stream=None,
     ):
         self.total, self.desc, self.unit, self.done, self.every_s = total, desc, unit, initial, every_s
+        self.initial = initial  # done before this process (a resumed run): not part of its rate
         self.stream = stream or sys.stderr
         self.show, self.postfix, self.started = show, "", time.perf_counter()
         self.last_line = self.started
@@ -66,8 +67,9 @@ class Meter:
         if self.total:
             text += f"/{_amount(self.total, self.unit)} ({100 * self.done / self.total:.0f}%)"
         text += f", {_clock(elapsed)} elapsed"
-        if self.total and self.done > 0 and elapsed > 0:
-            text += f", {_clock(max(0.0, (self.total - self.done) * elapsed / self.done))} left"
+        if self.total and self.done > self.initial and elapsed > 0:
+            rate = (self.done - self.initial) / elapsed
+            text += f", {_clock(max(0.0, (self.total - self.done) / rate))} left"
         return text + (f" | {self.postfix}" if self.postfix else "")
 
     def close(self) -> None:

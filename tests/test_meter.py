@@ -41,3 +41,14 @@ def test_on_a_terminal_a_seconds_bar_shows_whole_seconds():
     meter.update(34.2481196589988, "loss 5.1")
     meter.close()
     assert "34/100 s" in screen.getvalue() and "34.248" not in screen.getvalue()
+
+
+def test_a_resumed_meter_times_what_is_left_by_its_own_rate(monkeypatch):
+    import growlength.meter as meter_module
+
+    clock = iter([0.0, 10.0, 10.0])  # started; then the update and its line
+    monkeypatch.setattr(meter_module.time, "perf_counter", lambda: next(clock))
+    log = io.StringIO()
+    meter = Meter(1000, desc="encode", unit="char", initial=500, every_s=1.0, stream=log)
+    meter.update(100)  # 100 chars in 10 s here: 400 left take 40 s (not 400 x 10 / 600)
+    assert "0:00:10 elapsed, 0:00:40 left" in log.getvalue()
