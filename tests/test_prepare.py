@@ -255,3 +255,23 @@ def test_long_documents_are_encoded_in_pieces_cut_at_line_ends():
     assert "".join(cut) == text and all(len(p) <= 100 for p in cut)
     assert all(p.endswith("\n") for p in cut)
     assert pieces("x" * 250, max_chars=100) == ["x" * 100, "x" * 100, "x" * 50]
+
+
+def test_the_prepare_benchmark_script_reports_wall_memory_and_the_tokenizer_limit(tmp_path):
+    """scripts/prepare_bench.py as docs/data.md runs it, on a small folder of code."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = tmp_path / "code"
+    code.mkdir()
+    for i in range(30):
+        (code / f"f{i}.c").write_text(f"int f{i}(int x) {{ return x * {i}; }}\n" * 40)
+    script = Path(__file__).parent.parent / "scripts" / "prepare_bench.py"
+    argv = [sys.executable, str(script), "--input", str(code), "--glob", "*.c", "--out", str(tmp_path / "out")]
+    argv += ["--limit-chars", "5000", "--json", str(tmp_path / "r.json"), "--", "--vocab-size", "300"]
+    subprocess.run(argv, check=True, capture_output=True, timeout=300)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["run"]["rc"] == 0 and report["run"]["peak_rss_gb"] > 0
+    assert report["meta"]["text_chars"] == sum(len(p.read_text()) for p in code.iterdir())
+    assert report["tokenizer_limit"]["chars_per_s"] > 0
