@@ -212,6 +212,8 @@ class ShardWriter:
         for path in folder.glob(f".{split}-open-*.bin"):
             if path != self._open_path():
                 path.unlink()
+        for path in folder.glob(f".{split}-*.bin.tmp"):  # a shard whose write was cut short
+            path.unlink()
         for shard in self.shards:
             path = folder / shard["file"]
             if not path.is_file() or path.stat().st_size != shard["tokens"] * self.dtype.itemsize:

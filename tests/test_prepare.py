@@ -99,6 +99,7 @@ def test_a_prepare_killed_anywhere_resumes_to_the_same_files(tmp_path, monkeypat
     with pytest.raises(GrowLengthError, match="no meta.json"):
         open_tokens(tmp_path / "cut")
     monkeypatch.setattr(prep, "_save_json", real_save)
+    (tmp_path / "cut" / ".train-00007.bin.tmp").write_bytes(b"half a shard")  # as a kill mid-write leaves
     resumed = prepare([str(folder), str(jsonl)], tmp_path / "cut", **args)
     assert shard_bytes(tmp_path / "cut") == shard_bytes(tmp_path / "whole")
     assert {k: v for k, v in resumed.items() if k != "encode_seconds"} == {
