@@ -90,10 +90,7 @@ def prepare(
         return done
     state = _load_state(out, fingerprint)
     if state is None:
-        _check_writable(out)
-        tokenizer = tokenizer or new_tokenizer(sources, opts)
-        _make_writable_dir(out)
-        _save_tokenizer(tokenizer, out)
+        tokenizer = _write_tokenizer(tokenizer, sources, out, opts)
         _save_json(out / "inputs.json", fingerprint)
         state = {**_fresh_state(tokenizer, opts), "inputs_sha256": _sha256(fingerprint)}
     else:
@@ -109,10 +106,7 @@ def _existing(path: str) -> str:
 
 
 def _tokenizer_only(sources: list, out: Path, opts: PrepareOptions, tokenizer) -> dict:
-    _check_writable(out)
-    tokenizer = tokenizer or new_tokenizer(sources, opts)
-    _make_writable_dir(out)
-    _save_tokenizer(tokenizer, out)
+    _write_tokenizer(tokenizer, sources, out, opts)
     return {"tokenizer": str(out / "tokenizer.json"), "tokenizer_sha256": file_sha256(out / "tokenizer.json")}
 
 
@@ -253,9 +247,15 @@ def _difference(before: dict | None, now: dict) -> str:
     return "inputs that have changed since (files added or removed)"
 
 
-def _save_tokenizer(tokenizer, out: Path) -> None:
+def _write_tokenizer(tokenizer, sources: list, out: Path, opts: PrepareOptions):
+    """The given tokenizer, or one trained on the sample, saved as out/tokenizer.json. The folder is
+    created only after the training: an input with no text leaves nothing behind."""
+    _check_writable(out)
+    tokenizer = tokenizer or new_tokenizer(sources, opts)
+    _make_writable_dir(out)
     tokenizer.save(str(out / ".tokenizer.json.tmp"))
     os.replace(out / ".tokenizer.json.tmp", out / "tokenizer.json")
+    return tokenizer
 
 
 def _sha256(value) -> str:
