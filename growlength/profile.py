@@ -19,12 +19,11 @@ import torch.nn.functional as F
 
 from growlength.config import TrainConfig
 from growlength.flops import flops_per_token
+from growlength.meter import Meter
 
 
 def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progress: bool = True) -> dict:
     """Per-length throughput, memory and FLOP prediction; loop overhead; stage-change and checkpoint cost."""
-    from tqdm.auto import tqdm
-
     from growlength.train import advance, checkpoint, log_step, setup, train_step
 
     values = {**cfg.to_dict(), "schedule": "stages", "stages": _stages(lengths), "batch_policy": "tokens"}
@@ -35,18 +34,19 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
         bare: dict[int, list[float]] = {n: [] for n in lengths}
         peak: dict[int, float] = {}
         first: dict[int, float] = {}
-        bar = tqdm(total=(rounds + 1) * len(shapes), desc="profile", unit="step", disable=not show_progress)
+        bar = Meter((rounds + 1) * len(shapes), desc="profile", unit="step", show=show_progress)
         for r in range(rounds + 1):
             for shape in shapes if r % 2 == 0 else shapes[::-1]:
                 _reset_peak(run.device)
                 started = time.perf_counter()
                 loss, _ = train_step(run, shape, started)
+                # read before log_step, which resets CUDA's peak after logging it
+                peak[shape.seq_len] = max(peak.get(shape.seq_len, 0.0), _peak_mb(run.device))
                 advance(run.progress, shape, time.perf_counter() - started)
                 log_step(run, shape, loss, 0.0, run.progress.last_step_s)
                 elapsed = _sync_time(run.device, started)
-                peak[shape.seq_len] = max(peak.get(shape.seq_len, 0.0), _peak_mb(run.device))
                 bare_s = _bare_step(run, shape)
-                bar.update()
+                bar.update(1)
                 if r == 0:  # round 0 meets each length for the first time, as a stage change does
                     first[shape.seq_len] = elapsed
                     continue
