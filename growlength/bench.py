@@ -176,6 +176,8 @@ def read_run(folder: Path) -> dict:
         "steps": steps[-1]["step"],
         "longest_step_s": max(r["tokens"] / max(r["tokens_per_s"], 1e-9) for r in _step_tokens(steps)),
         "tokens_per_s_by_len": by_len,
+        "compile_s": sum(r.get("compile_s", 0.0) for r in steps),  # inside wall_s: --compile's cost
+        "compiles": steps[-1].get("compiles", 0),
         "final_by_len": {r["seq_len"]: r["loss"] for r in final["results"]},
     }
 
@@ -241,6 +243,8 @@ def _versus(baseline: list[dict], reps: list[dict]) -> dict:
         "train_s_each": [r["wall_s"][-1] for r in reps],
         "longest_step_s": max(r["longest_step_s"] for r in reps),
         "steps": _mean([r["steps"] for r in reps]),
+        "compile_s": _mean([r["compile_s"] for r in reps]),
+        "compiles": _mean([r["compiles"] for r in reps]),
         "reach_baseline_s": reach_s,
         "reach_baseline_tokens": reach_t,
         "speedup_each": speedups,
@@ -379,9 +383,12 @@ def format_table(report: dict) -> str:
     target = report["target_len"]
     base = report["runs"][report["baseline"]]["final_val_loss"]
     equal_tokens = any("equal_tokens" in r for r in report["runs"].values())
+    compiled = any(r.get("compiles") for r in report["runs"].values())
     head = f"| run | setting | val loss @{target} | vs baseline | tokens | speedup (equal time) | token gain |"
-    columns = 7 + equal_tokens
-    lines = [head + (" loss at equal tokens |" if equal_tokens else ""), "|---" * columns + "|"]
+    head += " loss at equal tokens |" if equal_tokens else ""
+    head += " compiling (graphs) |" if compiled else ""
+    columns = 7 + equal_tokens + compiled
+    lines = [head, "|---" * columns + "|"]
     for name, r in report["runs"].items():
         if "crash" in r:
             crash = r["crash"].split(":")[0]
@@ -395,6 +402,8 @@ def format_table(report: dict) -> str:
         )
         if equal_tokens:
             row += f" {r['equal_tokens']['final_val_loss']:.4f} |"
+        if compiled:
+            row += f" {r['compile_s']:.1f} s ({r['compiles']:g}) |"
         lines.append(row)
     return "\n".join(lines)
 

@@ -102,6 +102,9 @@ class TrainConfig:
         "sdpa", "attention kernel, passed to transformers: sdpa | eager | flex_attention | flash_attention_2"
     )
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass")
+    compile: bool = option(
+        False, "torch.compile the training step's model: one static graph per step shape (so per stage length)"
+    )
     peak_tflops: float | None = option(
         None, "the device's peak TFLOP/s for MFU (default: a table of GPUs by name; none on a CPU)"
     )

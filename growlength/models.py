@@ -152,5 +152,29 @@ def build_model(config, seed: int, attn_implementation: str = "sdpa", checkpoint
     return model
 
 
+def compile_model(model, lengths: int):
+    """torch.compile with static shapes: one graph per micro-batch shape, never a dynamic-shape graph.
+    A step shape gives at most two micro-batch shapes (full ones and a shorter last one), so dynamo's
+    recompile limit is raised to 2 x the schedule's lengths: a schedule of many lengths (a linear ramp
+    in steps of 8) then recompiles at each, and the run reports what that costs, instead of silently
+    falling back to eager code past the default limit of 8."""
+    import torch
+    import torch._dynamo.config as dynamo
+
+    dynamo.recompile_limit = max(dynamo.recompile_limit, 2 * lengths)
+    dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 2 * lengths)
+    return torch.compile(model, dynamic=False)
+
+
+def compile_stats() -> tuple[int, float]:
+    """(graphs compiled, seconds spent compiling) so far in this process, from dynamo's own counters:
+    the forward graph is compiled at the first call of a shape, its backward at the first backward."""
+    from torch._dynamo import utils
+
+    times = utils.compilation_time_metrics
+    seconds = sum(times.get("_compile.compile_inner", ())) + sum(times.get("backward._backward_impl", ()))
+    return utils.counters["stats"]["unique_graphs"], seconds
+
+
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from growlength import dist
 from growlength.config import TrainConfig
 from growlength.flops import flops_per_token
 from growlength.meter import Meter
@@ -72,13 +73,13 @@ def _stages(lengths: list[int]) -> str:
 
 def _bare_step(run, shape) -> float:
     """The same model, batch shape and optimizer with nothing else: the floor our step is held to."""
-    model, device = run.model, run.device
-    x = torch.randint(0, model.config.vocab_size, (shape.rows, shape.seq_len + 1), device=device)
+    model, device = run.step_model, run.device
+    x = torch.randint(0, dist.unwrap(run.model).config.vocab_size, (shape.rows, shape.seq_len + 1), device=device)
     started = time.perf_counter()
     for micro in range(shape.accum):
         rows = x[micro * shape.micro_rows : (micro + 1) * shape.micro_rows]
         with run.autocast():
-            logits = model(input_ids=rows[:, :-1]).logits
+            logits = model(input_ids=rows[:, :-1], use_cache=False).logits
             loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten()) * len(rows) / len(x)
         loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), run.cfg.grad_clip)

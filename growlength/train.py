@@ -24,7 +24,7 @@ from growlength.errors import GrowLengthError
 from growlength.evaluate import autocast_context, lm_loss, val_losses
 from growlength.flops import device_name, flops_per_token, peak_flops
 from growlength.meter import Meter
-from growlength.models import build_model, count_params
+from growlength.models import build_model, compile_model, compile_stats, count_params
 from growlength.plan import check_attention, data_path, device_for, make_out_dir, preflight, resolve_config
 from growlength.recipes import megatron_reshape
 from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at
@@ -45,6 +45,8 @@ class Progress:
     seq_lens: list[int] = field(default_factory=list)
     step_s_by_len: dict[str, float] = field(default_factory=dict)  # the last step's seconds at each length
     recent: list[tuple[int, float]] = field(default_factory=list)  # (seq_len, loss) of the last 5 steps
+    compiles: int = 0  # graphs torch.compile built (each process builds its own: a resume adds more)
+    compile_s: float = 0.0  # seconds spent compiling, part of `seconds`
 
 
 @dataclass
@@ -65,6 +67,8 @@ class Run:
     last_eval: dict = field(default_factory=dict)
     flops_by_len: dict[int, float] = field(default_factory=dict)  # training FLOPs per token
     peak_flops: float | None = None  # the device's, for MFU; None where unknown
+    step_model: torch.nn.Module | None = None  # what the training step calls: the model, or it compiled
+    compile_seen: tuple[int, float] = (0, 0.0)  # compile_stats() at the last logged step
 
     def autocast(self):
         return autocast_context(self.device)
@@ -117,6 +121,7 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     n_params = count_params(model)
     flops_by_len = {s.seq_len: flops_per_token(model, s.seq_len) for s in shapes}
     model = dist.wrap(model, world, device, cfg.parallel)
+    step_model = compile_model(model, len(shapes)) if cfg.compile else model
     optimizer = _optimizer(model, cfg, device)
     loader = _loader(plan, cfg, world)
     progress, last_eval = _restore(out, model, optimizer, loader) if resume else (Progress(), {})
@@ -148,6 +153,8 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         last_eval=last_eval,
         flops_by_len=flops_by_len,
         peak_flops=peak_flops(device_name(device), cfg.peak_tflops),
+        step_model=step_model,
+        compile_seen=compile_stats() if cfg.compile else (0, 0.0),
     )
 
 
@@ -171,7 +178,7 @@ def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float
         # Weight by rows so a short last micro-batch counts for what it holds: the sum is the step's mean.
         weight = len(x) / len(inputs)
         with dist.no_sync(run.model, micro == shape.accum - 1), run.autocast():
-            loss = lm_loss(run.model, x, y) * weight
+            loss = lm_loss(run.step_model, x, y) * weight
             loss.backward()
         total += loss.detach()  # on the device: one sync per step, below
     if run.cfg.grad_clip > 0:
@@ -335,6 +342,8 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
     }
     if run.peak_flops:
         record["mfu"] = round(record["tokens_per_s"] * run.flops_by_len[shape.seq_len] / run.peak_flops, 4)
+    if run.cfg.compile:
+        record.update(_compile_record(run))
     if run.device.type == "cuda":  # this step's peak (a stage's is the largest of its steps')
         record["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**20)
         torch.cuda.reset_peak_memory_stats(run.device)
@@ -347,6 +356,18 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
     p.recent = [*p.recent, (shape.seq_len, loss)][-5:]
     run.trackers.write(record)
     return record
+
+
+def _compile_record(run: Run) -> dict:
+    """What compiling cost in this step (its time is inside the step's, so inside wall_s) and the
+    run's graphs so far: a new length compiles once, then every step at it reuses the graph."""
+    p = run.progress
+    graphs, seconds = compile_stats()
+    new_graphs, new_s = graphs - run.compile_seen[0], seconds - run.compile_seen[1]
+    run.compile_seen = (graphs, seconds)
+    p.compiles += new_graphs
+    p.compile_s += new_s
+    return {"compile_s": round(new_s, 3), "compiles": p.compiles}
 
 
 def stage_change_record(loss: float, before: list[float]) -> dict:

@@ -175,3 +175,23 @@ def test_flash_attention_without_its_package_is_refused_before_any_work(corpus, 
     with pytest.raises(GrowLengthError, match="flash_attention_2 needs `pip install flash-attn`"):
         train(tiny_config(corpus, attn_implementation="flash_attention_2"), tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_compile_builds_one_graph_per_stage_length_and_counts_its_time(corpus, tmp_path):
+    """--compile through 64 -> 128 -> 256: a graph at each new length and none after (static shapes,
+    evaluation left uncompiled), its seconds logged at the stage's first step and inside wall_s; the
+    losses are the eager run's up to the compiler's rounding."""
+    losses = {}
+    for compiled in (False, True):
+        out = tmp_path / f"compile-{compiled}"
+        train(tiny_config(corpus, budget_steps=9, evals=1, compile=compiled), out, show_progress=False)
+        steps, _ = records(out)
+        losses[compiled] = [r["loss"] for r in steps]
+    assert [r["seq_len"] for r in steps] == [64] * 3 + [128] * 3 + [256] * 3
+    assert [r["compiles"] for r in steps] == [1] * 3 + [2] * 3 + [3] * 3
+    first_at_length = [0, 3, 6]
+    assert all(steps[i]["compile_s"] > 0 for i in first_at_length)
+    assert all(r["compile_s"] == 0 for i, r in enumerate(steps) if i not in first_at_length)
+    compile_s = sum(r["compile_s"] for r in steps)
+    assert compile_s < steps[-1]["wall_s"]  # counted inside the training time
+    assert losses[True] == pytest.approx(losses[False], rel=2e-3)
