@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from growlength.errors import GrowLengthError
+from growlength.positions import parse_rope_scaling, parse_rope_theta
 from growlength.recipes import BASELINE, DEFAULT_RUNS, RECIPES, recipe
 from growlength.schedule import doubling_lengths
 
@@ -65,7 +66,17 @@ class TrainConfig:
     ramp: float = option(0.3, "ramps: fraction of the budget over which the length grows")
     multiple: int = option(64, "ramps: lengths are multiples of this (composer: start + k x this)")
     degree: int = option(2, "root: the root's degree (2 = square root)")
-    rope_theta: float | None = option(None, "RoPE base (default: the model's; Dataset Decomposition uses 100000)")
+    rope_theta: str | None = option(
+        None,
+        "RoPE base: THETA for every stage, or LENGTH:THETA,... from each length on (e.g. 8192:500000); default "
+        "the model's (Dataset Decomposition uses 100000)",
+    )
+    rope_scaling: str = option(
+        "none", "none (extrapolate) | yarn:ORIGINAL (YaRN at each length beyond it) | yarn (the init model's)"
+    )
+    init_from: str | None = option(
+        None, "a local Hugging Face model folder (save_pretrained, safetensors) to train on from; replaces --model"
+    )
     batch_policy: str = option(
         "tokens", "tokens (constant tokens per step) | reshape | rows | truncate | megatron: see budget.py"
     )
@@ -133,6 +144,9 @@ class TrainConfig:
             raise GrowLengthError(
                 f"attn_implementation must be one of {', '.join(ATTENTION)}, got {self.attn_implementation!r}"
             )
+        parse_rope_theta(self.rope_theta)
+        if parse_rope_scaling(self.rope_scaling) == ("yarn", None) and not self.init_from:
+            raise GrowLengthError("rope_scaling yarn needs --init-from (or the original length: yarn:2048)")
         given = [b for b in ("budget_steps", "budget_tokens", "budget_seconds") if getattr(self, b) is not None]
         if len(given) > 1:
             raise GrowLengthError(f"give one budget, not {given}")

@@ -56,9 +56,8 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def model_config(model: str, *, vocab_size: int, eos_id: int, rope_theta: float | None = None):
-    """The HF config for a preset name or a config.json path, sized for a tokenizer of vocab_size;
-    `rope_theta` replaces the RoPE base."""
+def model_config(model: str, *, vocab_size: int, eos_id: int):
+    """The HF config for a preset name or a config.json path, sized for a tokenizer of vocab_size."""
     from transformers import AutoConfig
 
     if model in PRESETS:
@@ -68,10 +67,6 @@ def model_config(model: str, *, vocab_size: int, eos_id: int, rope_theta: float 
     else:
         fields = _read_config_json(model)
     fields.update(bos_token_id=eos_id, eos_token_id=eos_id)
-    if rope_theta is not None:
-        rope = dict(fields.get("rope_parameters") or {"rope_type": "default"})
-        fields["rope_parameters"] = {**rope, "rope_theta": float(rope_theta)}
-        fields.pop("rope_theta", None)
     model_type = fields.pop("model_type")
     try:
         config = AutoConfig.for_model(model_type, **fields)
@@ -98,6 +93,49 @@ def _read_config_json(model: str) -> dict:
     if not isinstance(fields, dict) or "model_type" not in fields:
         raise GrowLengthError(f"{path} has no model_type: write a Hugging Face config.json (e.g. 'llama')")
     return fields
+
+
+def init_config(folder: str, *, vocab_size: int, target_len: int):
+    """The config of a local `save_pretrained` folder to continue training from (no download: a folder
+    or nothing). Its max_position_embeddings is raised to target_len where that is beyond it: a rotary
+    model has no learned positions, and the position policy (positions.py) says how RoPE meets them."""
+    from transformers import AutoConfig
+
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise GrowLengthError(f"--init-from {folder}: no config.json there; give a save_pretrained folder")
+    if not any(path.glob("*.safetensors")):
+        raise GrowLengthError(f"--init-from {folder}: no .safetensors weights there (other formats are refused)")
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    if config.vocab_size < vocab_size:
+        raise GrowLengthError(
+            f"--init-from {folder} has vocab_size {config.vocab_size}, the data's tokenizer {vocab_size}: "
+            "prepare the data with the model's tokenizer"
+        )
+    limit = max_positions(config)
+    if limit is not None and target_len > limit:
+        config.max_position_embeddings = target_len
+    return config
+
+
+def trained_context(folder: str) -> int:
+    """The longest length the init model was trained at: a growlength export says so in growlength.json;
+    otherwise its max_position_embeddings."""
+    from transformers import AutoConfig
+
+    provenance = Path(folder) / "growlength.json"
+    if provenance.is_file():
+        return max(json.loads(provenance.read_text())["trained_lengths"])
+    return max_positions(AutoConfig.from_pretrained(folder, local_files_only=True))
+
+
+def same_tokenizer(a: Path, b: Path) -> bool:
+    """Whether two tokenizer.json files tokenize alike: the same model (vocabulary, merges), pre-tokenizer,
+    normalizer and added tokens; a save_pretrained copy rewrites the rest of the file."""
+    keys = ("model", "pre_tokenizer", "normalizer")
+    one, two = json.loads(a.read_text()), json.loads(b.read_text())
+    added = [{(t["id"], t["content"]) for t in x.get("added_tokens") or ()} for x in (one, two)]
+    return all(one.get(k) == two.get(k) for k in keys) and added[0] == added[1]
 
 
 def max_positions(config) -> int | None:
@@ -139,17 +177,51 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
-def build_model(config, seed: int, attn_implementation: str = "sdpa", checkpointing: bool = False):
-    """A freshly initialised causal LM, the same weights for the same seed, with the attention kernel
-    asked for and (optionally) activation checkpointing, both through transformers."""
+def build_model(
+    config, seed: int, attn_implementation: str = "sdpa", checkpointing: bool = False, init_from: str | None = None
+):
+    """A freshly initialised causal LM, the same weights for the same seed (or the weights of the
+    `init_from` folder, in fp32, under `config`), with the attention kernel asked for and (optionally)
+    activation checkpointing, both through transformers."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
+    if init_from:
+        return _with_checkpointing(
+            AutoModelForCausalLM.from_pretrained(
+                init_from,
+                config=config,
+                attn_implementation=attn_implementation,
+                dtype=torch.float32,
+                use_safetensors=True,
+                local_files_only=True,
+            ),
+            checkpointing,
+        )
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    return _with_checkpointing(model, checkpointing)
+
+
+def _with_checkpointing(model, checkpointing: bool):
     if checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def set_rope(model, rope_parameters: dict) -> bool:
+    """Give the model these RoPE parameters: its config's, and every rotary embedding rebuilt from it
+    (their frequencies are buffers computed at construction, not weights). Returns whether they changed."""
+    config = model.config
+    if config.rope_parameters == rope_parameters:
+        return False
+    config.rope_parameters = dict(rope_parameters)
+    for name, module in list(model.named_modules()):
+        if type(module).__name__.endswith("RotaryEmbedding"):
+            rebuilt = type(module)(config=config).to(module.inv_freq.device)
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2], rebuilt)
+    return True
 
 
 def compile_model(model, lengths: int):

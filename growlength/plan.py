@@ -2,8 +2,10 @@
 and step shapes (`preflight`), the run folder, and the device. Every bad input fails here, in one line."""
 
 import dataclasses
+import functools
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,15 @@ from growlength.buckets import bucket_starts
 from growlength.budget import StepShape, check_lengths
 from growlength.config import TrainConfig, load_config
 from growlength.errors import GrowLengthError
-from growlength.models import check_fits, flush_denormals, model_config
+from growlength.models import (
+    check_fits,
+    flush_denormals,
+    init_config,
+    model_config,
+    same_tokenizer,
+    trained_context,
+)
+from growlength.positions import parse_rope_scaling, parse_rope_theta, rope_parameters_at
 from growlength.prepare import resolve_data
 from growlength.schedule import Budget, LengthSchedule, dd_lengths, make_schedule
 from growlength.tokens import TokenData, open_tokens
@@ -32,6 +42,7 @@ class Plan:
     model_cfg: object
     shapes: list[StepShape]
     buckets: dict[int, np.ndarray] | None = None  # Dataset Decomposition's chunk starts, for `dd`
+    rope_at: Callable[[int], dict] | None = None  # seq_len -> the RoPE parameters to train with
 
 
 def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
@@ -51,15 +62,14 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
         seed=cfg.seed,
     )
     budget = Budget(steps=cfg.budget_steps, tokens=cfg.budget_tokens, seconds=cfg.budget_seconds)
-    model_cfg = model_config(
-        cfg.model, vocab_size=data.vocab_size, eos_id=int(data.meta["eos_id"]), rope_theta=cfg.rope_theta
-    )
+    model_cfg = _model_config(cfg, data)
     if schedule.max_len > cfg.target_len:
         raise GrowLengthError(
             f"the schedule reaches seq_len {schedule.max_len}, beyond target_len {cfg.target_len}: "
             "raise target_len (the length the model is built for and evaluated at)"
         )
     check_fits(model_cfg, cfg.target_len)
+    rope_at = _position_policy(cfg, model_cfg)
     tracker_names(cfg.log_to)
     shapes = check_lengths(
         schedule.all_lengths(),
@@ -70,7 +80,40 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
         batch_policy=cfg.batch_policy,
     )
     _check_corpus(data, max(shapes, key=lambda s: (s.consumed, s.seq_len)), cfg.target_len)
-    return Plan(data, schedule, budget, model_cfg, shapes, buckets)
+    model_cfg.rope_parameters = rope_at(schedule.all_lengths()[0])
+    return Plan(data, schedule, budget, model_cfg, shapes, buckets, rope_at)
+
+
+def _model_config(cfg: TrainConfig, data: TokenData):
+    """The preset's (or config.json's) config, or the --init-from folder's, whose tokenizer must be the data's."""
+    if not cfg.init_from:
+        return model_config(cfg.model, vocab_size=data.vocab_size, eos_id=int(data.meta["eos_id"]))
+    model_cfg = init_config(cfg.init_from, vocab_size=data.vocab_size, target_len=cfg.target_len)
+    theirs, ours = Path(cfg.init_from) / "tokenizer.json", data.path / "tokenizer.json"
+    if not theirs.is_file():
+        raise GrowLengthError(f"--init-from {cfg.init_from} has no tokenizer.json to check against the data's")
+    if not same_tokenizer(theirs, ours):
+        raise GrowLengthError(
+            f"--init-from {cfg.init_from}: its tokenizer is not the one {data.path} was prepared with; "
+            f"prepare the text with `growlength prepare --tokenizer {theirs}`"
+        )
+    return model_cfg
+
+
+def _position_policy(cfg: TrainConfig, model_cfg) -> Callable[[int], dict]:
+    """seq_len -> the RoPE parameters to train at (positions.py): the model's, changed by rope_theta
+    and rope_scaling."""
+    mode, original = parse_rope_scaling(cfg.rope_scaling)
+    if mode == "yarn" and original is None:
+        original = trained_context(cfg.init_from)
+    if mode == "yarn" and original >= cfg.target_len:
+        raise GrowLengthError(f"rope_scaling yarn from {original}: the target {cfg.target_len} is not beyond it")
+    return functools.partial(
+        rope_parameters_at,
+        dict(model_cfg.rope_parameters),
+        thetas=parse_rope_theta(cfg.rope_theta),
+        yarn_original=original if mode == "yarn" else None,
+    )
 
 
 def _buckets(cfg: TrainConfig, data: TokenData) -> dict[int, np.ndarray]:

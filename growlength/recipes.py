@@ -153,7 +153,7 @@ RECIPES = {
     "skyladder": {"schedule": "linear", "start_len": 8, "multiple": 1, "ramp": 0.6, "batch_policy": "reshape"},
     # Dataset Decomposition: power-of-two document chunks, one bucket per step, Grow-P2 over 8 cycles,
     # six buckets up to the target (256..8192 in the paper), RoPE base 100k (buckets.py)
-    "dd": {"schedule": "dd", "start_len": "{dd_start_len}", "batch_policy": "tokens", "rope_theta": 100000.0},
+    "dd": {"schedule": "dd", "start_len": "{dd_start_len}", "batch_policy": "tokens", "rope_theta": "100000"},
 }
 
 

@@ -9,6 +9,7 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from growlength.errors import GrowLengthError
 from growlength.evaluate import autocast_context, lm_loss, val_losses
 from growlength.flops import device_name, flops_per_token, peak_flops
 from growlength.meter import Meter
-from growlength.models import build_model, compile_model, compile_stats, count_params
+from growlength.models import build_model, compile_model, compile_stats, count_params, set_rope
 from growlength.plan import check_attention, data_path, device_for, make_out_dir, preflight, resolve_config
 from growlength.recipes import megatron_reshape
 from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at
@@ -69,6 +70,7 @@ class Run:
     peak_flops: float | None = None  # the device's, for MFU; None where unknown
     step_model: torch.nn.Module | None = None  # what the training step calls: the model, or it compiled
     compile_seen: tuple[int, float] = (0, 0.0)  # compile_stats() at the last logged step
+    rope_at: Callable[[int], dict] | None = None  # seq_len -> RoPE parameters (the position policy)
 
     def autocast(self):
         return autocast_context(self.device)
@@ -93,6 +95,7 @@ def _loop(run: Run, show_progress: bool) -> dict:
         shape = run.shapes[run.schedule.seq_len_at(fraction, p.step)]
         if not worth_a_step(run, shape):
             break
+        set_positions(run, shape.seq_len)
         started = time.perf_counter()
         loss, lr = train_step(run, shape, started)
         step_s = dist.broadcast_float(time.perf_counter() - started)
@@ -116,7 +119,9 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     plan = preflight(cfg, data_path(cfg, world), world.size)
     data, schedule, budget, shapes = plan.data, plan.schedule, plan.budget, plan.shapes
     make_out_dir(out)
-    model = build_model(plan.model_cfg, cfg.seed, cfg.attn_implementation, cfg.activation_checkpointing)
+    model = build_model(
+        plan.model_cfg, cfg.seed, cfg.attn_implementation, cfg.activation_checkpointing, init_from=cfg.init_from
+    )
     model = model.to(device)
     n_params = count_params(model)
     flops_by_len = {s.seq_len: flops_per_token(model, s.seq_len) for s in shapes}
@@ -154,6 +159,7 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         flops_by_len=flops_by_len,
         peak_flops=peak_flops(device_name(device), cfg.peak_tflops),
         step_model=step_model,
+        rope_at=plan.rope_at,
         compile_seen=compile_stats() if cfg.compile else (0, 0.0),
     )
 
@@ -217,6 +223,13 @@ def advance(p: Progress, shape: StepShape, step_s: float) -> None:
     p.step_s_by_len[str(shape.seq_len)] = step_s
     if shape.seq_len not in p.seq_lens:
         p.seq_lens.append(shape.seq_len)
+
+
+def set_positions(run: Run, seq_len: int) -> None:
+    """The position policy's RoPE for this length (a no-op unless rope_theta or rope_scaling changes it
+    here); a function of the length alone, so a resumed run gets it back without saved state."""
+    if set_rope(dist.unwrap(run.model), run.rope_at(seq_len)) and run.world.is_main:
+        print(f"seq_len {seq_len}: RoPE {run.rope_at(seq_len)}", file=sys.stderr)
 
 
 def finished(run: Run) -> bool:
@@ -324,7 +337,9 @@ def _eval_lengths(run: Run) -> list[int]:
     if not run.cfg.eval_seen_lengths:
         return [target]
     grid = set(doubling_lengths(run.schedule.all_lengths()[0], target))
-    return sorted({target} | {s for s in run.progress.seq_lens if not run.schedule.is_ramp or s in grid})
+    # A model trained elsewhere (--init-from) is scored at every stage length from the start: before and after
+    seen = run.schedule.all_lengths() if run.cfg.init_from else run.progress.seq_lens
+    return sorted({target} | {s for s in seen if not run.schedule.is_ramp or s in grid})
 
 
 def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) -> dict:
