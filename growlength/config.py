@@ -113,6 +113,9 @@ class TrainConfig:
         "sdpa", "attention kernel, passed to transformers: sdpa | eager | flex_attention | flash_attention_2"
     )
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass")
+    doc_mask: bool = option(
+        False, "position ids restart at each document of a packed row, and attention stays inside it"
+    )
     compile: bool = option(
         False, "torch.compile the training step's model: one static graph per step shape (so per stage length)"
     )

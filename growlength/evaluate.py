@@ -22,9 +22,10 @@ def autocast_context(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def lm_loss(model, inputs_BT: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy; the logits are upcast so bf16 runs lose no precision here."""
-    logits_BTV = model(input_ids=inputs_BT, use_cache=False).logits
+def lm_loss(model, inputs_BT: torch.Tensor, targets_BT: torch.Tensor, position_ids_BT=None) -> torch.Tensor:
+    """Mean next-token cross-entropy; the logits are upcast so bf16 runs lose no precision here.
+    Position ids that restart inside a row (tokens.doc_positions) keep attention inside each document."""
+    logits_BTV = model(input_ids=inputs_BT, position_ids=position_ids_BT, use_cache=False).logits
     return F.cross_entropy(logits_BTV.float().flatten(0, 1), targets_BT.flatten())
 
 

@@ -49,6 +49,7 @@ PRESETS: dict[str, dict] = {
     "pythia-14m": _neox(128, 6, 4),
     "pythia-70m": _neox(512, 6, 8),
     "pythia-160m": _neox(768, 12, 12),
+    "pythia-160m-8k": {**_neox(768, 12, 12), "max_position_embeddings": 8192},  # the GPU profile to 8,192
     "pythia-410m": _neox(1024, 24, 16),
     "llama-tiny": _llama(64, 2, 2, 172),
     "llama-small": _llama(256, 4, 4, 688),

@@ -357,6 +357,24 @@ class Loader:
         self.cursor = int(state["cursor"])
 
 
+def doc_positions(inputs_BT: np.ndarray, eos_id: int) -> np.ndarray:
+    """Position ids that restart at each document of a packed row: a document starts at the row's
+    first token and after each end-of-text token (which ends its own document). Given to a Hugging Face
+    model as `position_ids`, they also keep attention inside each document (transformers reads packed
+    rows from position ids that do not count up by one). With eos = 0:
+
+        inputs    [7, 8, 0, 5, 6, 0, 0, 9]
+        positions [0, 1, 2, 0, 1, 2, 0, 0]
+    """
+    _, T = inputs_BT.shape
+    index_T = np.arange(T)
+    starts_BT = np.zeros(inputs_BT.shape, dtype=bool)
+    starts_BT[:, 0] = True
+    starts_BT[:, 1:] = inputs_BT[:, :-1] == eos_id
+    last_start_BT = np.maximum.accumulate(np.where(starts_BT, index_T, 0), axis=1)
+    return index_T - last_start_BT
+
+
 def eval_windows(val: np.ndarray, seq_len: int, eval_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """The first eval_tokens // seq_len windows of the val stream: the same tokens at every length
     that divides eval_tokens."""

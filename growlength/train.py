@@ -29,7 +29,7 @@ from growlength.models import build_model, compile_model, compile_stats, count_p
 from growlength.plan import check_attention, data_path, device_for, make_out_dir, preflight, resolve_config
 from growlength.recipes import megatron_reshape
 from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at
-from growlength.tokens import Loader, TokenData
+from growlength.tokens import Loader, TokenData, doc_positions
 from growlength.trackers import NoTrackers, Trackers, tracker_names
 
 
@@ -181,10 +181,11 @@ def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float
         rows = slice(micro * shape.micro_rows, (micro + 1) * shape.micro_rows)
         x = torch.from_numpy(inputs[rows]).to(run.device, non_blocking=True)
         y = torch.from_numpy(targets[rows]).to(run.device, non_blocking=True)
+        positions = _doc_positions(run, inputs[rows])
         # Weight by rows so a short last micro-batch counts for what it holds: the sum is the step's mean.
         weight = len(x) / len(inputs)
         with dist.no_sync(run.model, micro == shape.accum - 1), run.autocast():
-            loss = lm_loss(run.step_model, x, y) * weight
+            loss = lm_loss(run.step_model, x, y, positions) * weight
             loss.backward()
         total += loss.detach()  # on the device: one sync per step, below
     if run.cfg.grad_clip > 0:
@@ -199,6 +200,14 @@ def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float
             "the last good checkpoint is intact. Lower lr or raise warmup and resume"
         )
     return loss, lr
+
+
+def _doc_positions(run: Run, inputs_BT: np.ndarray) -> torch.Tensor | None:
+    """With --doc-mask, position ids restarting at each document (None: 0 .. seq_len - 1 in every row)."""
+    if not run.cfg.doc_mask:
+        return None
+    positions_BT = doc_positions(inputs_BT, int(run.data.meta["eos_id"]))
+    return torch.from_numpy(positions_BT).to(run.device, non_blocking=True)
 
 
 def read_batch(loader: Loader, shape: StepShape) -> tuple[np.ndarray, np.ndarray]:

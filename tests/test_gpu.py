@@ -57,3 +57,15 @@ def test_a_process_group_on_cuda_runs_every_collective(tmp_path):
         assert model.module.weight.grad is not None
     finally:
         torch_dist.destroy_process_group()
+
+
+def test_compile_on_cuda_builds_one_graph_per_stage_length(request, tmp_path):
+    from growlength.train import train
+
+    data = os.environ.get("GROWLENGTH_TEST_DATA") or request.getfixturevalue("corpus")
+    cfg = tiny_config(data, device="cuda", budget_steps=9, evals=1, compile=True)
+    train(cfg, tmp_path / "run", show_progress=False)
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "loss" in r]
+    assert [r["seq_len"] for r in steps] == [64] * 3 + [128] * 3 + [256] * 3
+    assert [r["compiles"] for r in steps] == [1] * 3 + [2] * 3 + [3] * 3

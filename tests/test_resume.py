@@ -100,8 +100,8 @@ def test_a_non_finite_loss_stops_the_run_with_the_last_good_checkpoint_intact(co
 
     real, calls = loop.lm_loss, []
 
-    def poisoned(model, x, y):
-        loss = real(model, x, y)
+    def poisoned(model, x, y, *positions):
+        loss = real(model, x, y, *positions)
         if model.training:
             calls.append(1)
         return loss * float("nan") if len(calls) > 10 else loss  # from the 11th training step on

@@ -194,3 +194,21 @@ def test_prepared_folders_of_the_first_format_and_of_shards_both_open(tmp_path):
     (v2 / "train-00001.bin").unlink()
     with pytest.raises(GrowLengthError, match="train-00001.bin is missing"):
         open_tokens(v2)
+
+
+def test_doc_positions_restart_after_each_end_of_text():
+    from growlength.tokens import doc_positions
+
+    inputs = np.array([[7, 8, 0, 5, 6, 0, 0, 9], [1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 0, 3, 4, 5, 0]])
+    assert doc_positions(inputs, eos_id=0).tolist() == [
+        [0, 1, 2, 0, 1, 2, 0, 0],
+        [0, 1, 2, 3, 4, 5, 6, 7],  # no boundary: the usual 0 .. T-1
+        [0, 0, 1, 2, 0, 1, 2, 3],
+    ]
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 4, size=(16, 64))  # eos (0) a quarter of the time
+    positions = doc_positions(rows, eos_id=0)
+    for row, pos in zip(rows, positions, strict=True):
+        for t in range(64):
+            start = max([0] + [i + 1 for i in range(t) if row[i] == 0])
+            assert pos[t] == t - start
