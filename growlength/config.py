@@ -55,8 +55,15 @@ class TrainConfig:
     model: str = option("small", "model preset (tiny, small, pythia-14m/70m/160m/410m, llama-*) or a config.json")
     schedule: str = option(
         "doubling",
-        "length schedule: doubling | linear | root | constant | stages | deepspeed | composer (the peers' own) "
-        "| dd (Dataset Decomposition: power-of-two document chunks, one bucket per step)",
+        "length schedule: doubling | auto (doubling, shares planned from measured speed) | linear | root "
+        "| constant | stages | deepspeed | composer (the peers' own) | dd (Dataset Decomposition: power-of-two "
+        "document chunks, one bucket per step)",
+    )
+    auto_power: float = option(
+        1.0, "auto: each length's share of the time goes as (its tokens/s over the target's) ** this; 0 = equal"
+    )
+    plan_from: str | None = option(
+        None, "auto: plan from this saved `growlength profile --out` JSON instead of measuring at the start"
     )
     stages: str | None = option(
         None, "explicit stages LENGTH:SHARE,... e.g. 128:0.25,256:0.25,1024:0.5 (or 1/3 shares)"

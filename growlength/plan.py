@@ -4,7 +4,9 @@ and step shapes (`preflight`), the run folder, and the device. Every bad input f
 import dataclasses
 import functools
 import importlib.util
+import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,8 @@ from growlength.models import (
 )
 from growlength.positions import parse_rope_scaling, parse_rope_theta, rope_parameters_at
 from growlength.prepare import resolve_data
-from growlength.schedule import Budget, LengthSchedule, dd_lengths, make_schedule
+from growlength.profile import measure_tokens_per_s, read_throughput
+from growlength.schedule import Budget, LengthSchedule, dd_lengths, make_schedule, plan_stages, planned_schedule
 from growlength.tokens import TokenData, open_tokens
 from growlength.trackers import tracker_names
 
@@ -222,3 +225,27 @@ def check_attention(name: str, device: torch.device) -> None:
             raise GrowLengthError("attn_implementation flash_attention_2 needs `pip install flash-attn`")
         if device.type != "cuda":
             raise GrowLengthError("attn_implementation flash_attention_2 runs on CUDA only: use sdpa on the CPU")
+
+
+def plan_auto(run) -> None:
+    """--schedule auto: tokens/s at each candidate length (measured here, on rank 0's clock, the time
+    counted as training time; or read from --plan-from), then the stages plan_stages gives for them.
+    The table is saved in every checkpoint, so a resumed run plans the same stages without measuring."""
+    p, cfg = run.progress, run.cfg
+    lengths = run.schedule.all_lengths()
+    if not p.planned_tokens_per_s:
+        started = time.perf_counter()
+        if cfg.plan_from:
+            table = read_throughput(cfg.plan_from, lengths)
+        else:
+            shapes = [run.shapes[n] for n in lengths]
+            table = measure_tokens_per_s(dist.unwrap(run.model), shapes, run.device, run.autocast)
+            p.seconds += dist.broadcast_float(time.perf_counter() - started)
+        p.planned_tokens_per_s = {str(n): dist.broadcast_float(v) for n, v in table.items()}
+    table = {int(n): v for n, v in p.planned_tokens_per_s.items()}
+    stages = plan_stages(table, unit=run.budget.unit, power=cfg.auto_power)
+    run.schedule = planned_schedule(stages)
+    if run.world.is_main:
+        speeds = ", ".join(f"{n}: {v:,.0f}" for n, v in table.items())
+        print(f"auto: tokens/s {speeds} -> stages {stages} (shares of the {run.budget.unit})")
+        (run.out / "auto-plan.json").write_text(json.dumps({"tokens_per_s": table, "stages": stages}, indent=2))

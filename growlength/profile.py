@@ -8,6 +8,7 @@ alternating order), so a slow spell of a shared machine lands on every length al
 """
 
 import contextlib
+import json
 import re
 import statistics
 import tempfile
@@ -25,7 +26,8 @@ from growlength.meter import Meter
 
 def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progress: bool = True) -> dict:
     """Per-length throughput, memory and FLOP prediction; loop overhead; stage-change and checkpoint cost."""
-    from growlength.train import advance, checkpoint, log_step, setup, train_step
+    from growlength.steplog import log_step
+    from growlength.train import advance, checkpoint, setup, train_step
 
     values = {**cfg.to_dict(), "schedule": "stages", "stages": _stages(lengths), "batch_policy": "tokens"}
     with tempfile.TemporaryDirectory(prefix="growlength-profile-") as tmp:
@@ -63,7 +65,66 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
     if run.peak_flops:  # MFU at each length, where the device's peak is known (or given)
         for row in report["lengths"]:
             row["mfu"] = row["tokens_per_s"] * run.flops_by_len[row["seq_len"]] / run.peak_flops
+    if cfg.doc_mask:  # what the block-diagonal mask costs where every row crosses a document boundary
+        model = dist.unwrap(run.model)
+        plain = measure_tokens_per_s(model, shapes, run.device, run.autocast, rounds)
+        packed = measure_tokens_per_s(model, shapes, run.device, run.autocast, rounds, packed=True)
+        for row in report["lengths"]:
+            row["doc_mask_cost"] = plain[row["seq_len"]] / packed[row["seq_len"]] - 1.0
     return report
+
+
+def measure_tokens_per_s(
+    model, shapes, device, autocast, rounds: int = 2, packed: bool = False
+) -> dict[int, float]:
+    """Tokens/s of one rank's forward and backward passes at each step shape, on random tokens, leaving
+    the weights as they are (gradients dropped, no optimizer step): what `--schedule auto` plans from.
+    An untimed round first (kernels, allocator), then `rounds` interleaved ones; the fastest of each.
+    `packed`: every row holds two documents (position ids restart mid-row), the worst case for --doc-mask."""
+    from growlength.evaluate import lm_loss
+
+    vocab = dist.unwrap(model).config.vocab_size
+    generator = torch.Generator().manual_seed(0)  # the run's own RNG streams are left alone
+    fastest: dict[int, float] = {}
+    for r in range(rounds + 1):
+        for shape in shapes if r % 2 == 0 else shapes[::-1]:
+            ids = torch.randint(0, vocab, (shape.micro_rows * shape.accum, shape.seq_len + 1), generator=generator)
+            ids = ids.to(device)
+            positions = _two_documents(shape, device) if packed else None
+            started = time.perf_counter()
+            for micro in range(shape.accum):
+                rows = ids[micro * shape.micro_rows : (micro + 1) * shape.micro_rows]
+                with autocast():
+                    lm_loss(model, rows[:, :-1], rows[:, 1:], positions).backward()
+            model.zero_grad(set_to_none=True)
+            elapsed = _sync_time(device, started)
+            if r > 0:
+                fastest[shape.seq_len] = min(fastest.get(shape.seq_len, float("inf")), elapsed)
+    return {s.seq_len: s.micro_rows * s.accum * s.seq_len / fastest[s.seq_len] for s in shapes}
+
+
+def _two_documents(shape, device) -> torch.Tensor:
+    """Position ids of rows holding two documents of half the length each: [0 .. h-1, 0 .. T-h-1]."""
+    half = shape.seq_len // 2
+    positions_T = torch.cat([torch.arange(half), torch.arange(shape.seq_len - half)])
+    return positions_T.expand(shape.micro_rows, -1).to(device)
+
+
+def read_throughput(path: str | Path, lengths: list[int]) -> dict[int, float]:
+    """tokens/s at each of `lengths` from a saved `growlength profile --out` JSON."""
+    from growlength.errors import GrowLengthError
+
+    try:
+        rows = json.loads(Path(path).read_text())["lengths"]
+        table = {int(r["seq_len"]): float(r["tokens_per_s"]) for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GrowLengthError(f"plan_from {path}: not a `growlength profile --out` JSON ({e})") from None
+    missing = [n for n in lengths if n not in table]
+    if missing:
+        raise GrowLengthError(
+            f"plan_from {path} has no tokens/s at {missing}: profile with --lengths {','.join(map(str, lengths))}"
+        )
+    return {n: table[n] for n in lengths}
 
 
 def _stages(lengths: list[int]) -> str:
@@ -166,6 +227,9 @@ def format_profile(report: dict) -> str:
     with_mfu = all("mfu" in r for r in report["lengths"])
     if with_mfu:
         lines = [lines[0] + " MFU |", lines[1] + "---|"]
+    with_mask = all("doc_mask_cost" in r for r in report["lengths"])
+    if with_mask:
+        lines = [lines[0] + " doc mask cost |", lines[1] + "---|"]
     for r in report["lengths"]:
         change = r["stage_change_vs_step"]
         lines.append(
@@ -173,6 +237,7 @@ def format_profile(report: dict) -> str:
             f"| {r['flops_speedup']:.2f}x | {r['peak_mb']:,.0f} | {r['overhead_vs_bare']:+.1%} "
             f"| {'—' if change is None else f'{change:.2f}x a step'} |"
             + (f" {r['mfu']:.1%} |" if with_mfu else "")
+            + (f" {r['doc_mask_cost']:+.1%} |" if with_mask else "")
         )
     lines.append(
         f"\nA doubling schedule with equal time per stage trains {report['doubling_equal_time_token_gain']:.2f}x "

@@ -133,6 +133,9 @@ RECIPES = {
     # GrowLength: doubling stages, equal shares of the budget, constant tokens per step
     "growlength": {"schedule": "doubling", "start_len": "{start_len}"},
     "growlength-64": {"schedule": "doubling", "start_len": 64},
+    # GrowLength planned from this machine's measured speed (schedule.plan_stages): doubling lengths,
+    # time shares growing with how much cheaper each length's tokens are; measuring counts as training time
+    "growlength-auto": {"schedule": "auto", "start_len": "{start_len}"},
     # GrowLength with rows held constant: short steps hold fewer tokens (the other reading of the paper)
     "growlength-rows": {"schedule": "doubling", "start_len": "{start_len}", "batch_policy": "rows"},
     # Composer SeqLengthWarmup defaults: a staircase 8 -> target in steps of 8 over the first 30% of the

@@ -16,7 +16,7 @@ from growlength.buckets import dd_seq_len
 from growlength.errors import GrowLengthError
 from growlength.recipes import composer_seq_len, composer_seq_len_at, deepspeed_seq_len
 
-SCHEDULES = ("doubling", "linear", "root", "constant", "stages", "deepspeed", "composer", "dd")
+SCHEDULES = ("doubling", "linear", "root", "constant", "stages", "deepspeed", "composer", "dd", "auto")
 RAMPS = ("linear", "root", "deepspeed", "composer")  # grow in steps of `multiple` rather than in stages
 
 
@@ -190,6 +190,34 @@ def parse_stages(text: str) -> tuple[tuple[int, ...], tuple[Fraction, ...]]:
     return tuple(lengths), tuple(shares)
 
 
+def plan_stages(tokens_per_s: dict[int, float], *, unit: str, power: float = 1.0) -> str:
+    """The `auto` schedule: stages over the measured lengths (the target is the longest), planned from
+    what a token costs at each on this machine. Stage L gets a share of the training *time* in proportion
+    to r_L ** power, where r_L = tokens_per_s[L] / tokens_per_s[target] is how much cheaper its tokens
+    are: a second at L buys r_L target-seconds of tokens, so cheaper lengths get more of the budget
+    (power 0: equal time per stage, the paper's doubling). The shares are then written in the budget's
+    unit: time shares for a seconds budget; for tokens or steps (constant tokens per step), time x speed.
+
+    Worked example, measured on this CPU (target 2048), power 1, a seconds budget:
+        tokens/s {512: 3382, 1024: 3406, 2048: 2635} -> r = 1.28, 1.29, 1.00
+            -> '512:0.3589,1024:0.3615,2048:0.2796'
+    """
+    if unit not in ("seconds", "tokens", "steps"):
+        raise GrowLengthError(f"unknown budget unit {unit!r}")
+    lengths = sorted(tokens_per_s)
+    if not lengths or any(not tokens_per_s[n] > 0 for n in lengths):
+        raise GrowLengthError(
+            f"the throughput table needs a positive tokens/s at every length, got {tokens_per_s}"
+        )
+    target_speed = tokens_per_s[lengths[-1]]
+    time = {n: (tokens_per_s[n] / target_speed) ** power for n in lengths}
+    weight = time if unit == "seconds" else {n: time[n] * tokens_per_s[n] for n in lengths}
+    # Shares to 4 decimals that sum to exactly 1: the last (the target's) takes the rounding.
+    shares = [Fraction(round(weight[n] / sum(weight.values()), 4)).limit_denominator(10**4) for n in lengths[:-1]]
+    shares.append(1 - sum(shares, Fraction(0)))
+    return ",".join(f"{n}:{float(share):.4f}" for n, share in zip(lengths, shares, strict=True))
+
+
 def make_schedule(
     kind: str,
     *,
@@ -212,6 +240,9 @@ def make_schedule(
         if len(dd_shares) != len(lengths):
             raise GrowLengthError(f"schedule dd needs the share of the data in each of its {len(lengths)} buckets")
         return LengthSchedule(kind="dd", lengths=lengths, shares=tuple(dd_shares), seed=seed)
+    if kind == "auto":  # the candidates, equal shares, until planned from measured speed (planned_schedule)
+        lengths = doubling_lengths(start_len, target_len)
+        return _stepped("auto", lengths, (Fraction(1, len(lengths)),) * len(lengths))
     if kind == "stages":
         if not stages:
             raise GrowLengthError("schedule 'stages' needs stages, e.g. --stages 128:0.25,256:0.25,1024:0.5")
@@ -238,6 +269,11 @@ def make_schedule(
     )
     schedule.seq_len_at(0.0)  # Composer's own formula raises here for runs it cannot do
     return schedule
+
+
+def planned_schedule(stages: str) -> LengthSchedule:
+    """The `auto` schedule once planned: the stages plan_stages wrote."""
+    return _stepped("auto", *parse_stages(stages))
 
 
 def _stepped(kind: str, lengths: tuple[int, ...], shares: tuple[Fraction, ...]) -> LengthSchedule:

@@ -6,7 +6,6 @@ loop:  progress -> seq_len and lr -> batch -> forward/backward over micro-batche
 """
 
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -24,11 +23,19 @@ from growlength.config import TrainConfig, save_config
 from growlength.errors import GrowLengthError
 from growlength.evaluate import autocast_context, lm_loss, val_losses
 from growlength.flops import device_name, flops_per_token, peak_flops
-from growlength.meter import Meter
 from growlength.models import build_model, compile_model, compile_stats, count_params, set_rope
-from growlength.plan import check_attention, data_path, device_for, make_out_dir, preflight, resolve_config
+from growlength.plan import (
+    check_attention,
+    data_path,
+    device_for,
+    make_out_dir,
+    plan_auto,
+    preflight,
+    resolve_config,
+)
 from growlength.recipes import megatron_reshape
 from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at
+from growlength.steplog import log_step, progress_bar, update_bar
 from growlength.tokens import Loader, TokenData, doc_positions
 from growlength.trackers import NoTrackers, Trackers, tracker_names
 
@@ -48,6 +55,7 @@ class Progress:
     recent: list[tuple[int, float]] = field(default_factory=list)  # (seq_len, loss) of the last 5 steps
     compiles: int = 0  # graphs torch.compile built (each process builds its own: a resume adds more)
     compile_s: float = 0.0  # seconds spent compiling, part of `seconds`
+    planned_tokens_per_s: dict[str, float] = field(default_factory=dict)  # what --schedule auto planned from
 
 
 @dataclass
@@ -89,7 +97,7 @@ def _loop(run: Run, show_progress: bool) -> dict:
     p = run.progress
     if p.last_eval_step < 0:
         evaluate(run)  # the curves start at the untrained model
-    bar = _progress_bar(run, show_progress)
+    bar = progress_bar(run, show_progress)
     while not finished(run):
         fraction = run.budget.progress(step=p.step, tokens=p.tokens, seconds=p.seconds)
         shape = run.shapes[run.schedule.seq_len_at(fraction, p.step)]
@@ -101,7 +109,7 @@ def _loop(run: Run, show_progress: bool) -> dict:
         step_s = dist.broadcast_float(time.perf_counter() - started)
         advance(p, shape, step_s)
         record = log_step(run, shape, loss, lr, step_s)
-        _update_bar(bar, run, record)
+        update_bar(bar, run, record)
         if eval_count(run) > p.evals:
             evaluate(run)
     bar.close()
@@ -141,7 +149,7 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
             f"{cfg.schedule} {shown}; budget {budget.total:g} {budget.unit}"
         )
     shape_by_len = {s.seq_len: s for s in shapes}
-    return Run(
+    run = Run(
         cfg,
         out,
         data,
@@ -162,6 +170,9 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         rope_at=plan.rope_at,
         compile_seen=compile_stats() if cfg.compile else (0, 0.0),
     )
+    if cfg.schedule == "auto":
+        plan_auto(run)
+    return run
 
 
 def _loader(plan, cfg: TrainConfig, world: dist.World) -> Loader | BucketLoader:
@@ -349,85 +360,6 @@ def _eval_lengths(run: Run) -> list[int]:
     # A model trained elsewhere (--init-from) is scored at every stage length from the start: before and after
     seen = run.schedule.all_lengths() if run.cfg.init_from else run.progress.seq_lens
     return sorted({target} | {s for s in seen if not run.schedule.is_ramp or s in grid})
-
-
-def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) -> dict:
-    p = run.progress
-    record = {
-        "step": p.step,
-        "tokens": p.tokens,
-        "seq_len": shape.seq_len,
-        "rows": shape.rows,
-        "loss": loss,
-        "lr": lr,
-        "wall_s": round(p.seconds, 4),
-        "tokens_per_s": round(shape.tokens / max(step_s, 1e-9), 1),
-        "stage": p.seq_lens.index(shape.seq_len) + 1,
-    }
-    if run.peak_flops:
-        record["mfu"] = round(record["tokens_per_s"] * run.flops_by_len[shape.seq_len] / run.peak_flops, 4)
-    if run.cfg.compile:
-        record.update(_compile_record(run))
-    if run.device.type == "cuda":  # this step's peak (a stage's is the largest of its steps')
-        record["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**20)
-        torch.cuda.reset_peak_memory_stats(run.device)
-    if run.schedule.has_stages and p.recent and p.recent[-1][0] != shape.seq_len:
-        record.update(stage_change_record(loss, [recent_loss for _, recent_loss in p.recent]))
-        if record["spike"] and run.world.is_main:
-            print(
-                f"loss spike at the change to seq_len {shape.seq_len}: {record['loss_jump']:+.3f}", file=sys.stderr
-            )
-    p.recent = [*p.recent, (shape.seq_len, loss)][-5:]
-    run.trackers.write(record)
-    return record
-
-
-def _compile_record(run: Run) -> dict:
-    """What compiling cost in this step (its time is inside the step's, so inside wall_s) and the
-    run's graphs so far: a new length compiles once, then every step at it reuses the graph."""
-    p = run.progress
-    graphs, seconds = compile_stats()
-    new_graphs, new_s = graphs - run.compile_seen[0], seconds - run.compile_seen[1]
-    run.compile_seen = (graphs, seconds)
-    p.compiles += new_graphs
-    p.compile_s += new_s
-    return {"compile_s": round(new_s, 3), "compiles": p.compiles}
-
-
-def stage_change_record(loss: float, before: list[float]) -> dict:
-    """The first step at a new length: its loss against the last steps before the change. A spike is a
-    rise of more than 3 standard deviations of those steps (or any rise, with one step to compare)."""
-    mean = statistics.fmean(before)
-    noise = statistics.stdev(before) if len(before) > 1 else 0.0
-    jump = loss - mean
-    return {"stage_change": True, "loss_jump": jump, "spike": jump > 0 and jump > 3 * noise}
-
-
-def _progress_bar(run: Run, show: bool) -> Meter:
-    p, unit = run.progress, run.budget.unit
-    done = {"steps": p.step, "tokens": p.tokens, "seconds": p.seconds}[unit]
-    return Meter(
-        run.budget.total,
-        initial=done,
-        desc="train",
-        unit={"steps": "step", "tokens": "token", "seconds": "s"}[unit],
-        scale=unit == "tokens",
-        show=show and run.world.is_main,
-        every_s=run.cfg.log_every_seconds,
-    )
-
-
-def _update_bar(bar: Meter, run: Run, record: dict) -> None:
-    done = {"steps": 1, "tokens": run.shapes[record["seq_len"]].tokens, "seconds": run.progress.last_step_s}
-    stages = len(run.schedule.all_lengths())
-    stage = f"stage {run.schedule.all_lengths().index(record['seq_len']) + 1}/{stages} " if stages < 10 else ""
-    postfix = (
-        f"{stage}seq_len {record['seq_len']} rows {record['rows']} "
-        f"{record['tokens_per_s']:,.0f} tok/s "
-        + (f"MFU {record['mfu']:.0%} " if "mfu" in record else "")
-        + f"loss {record['loss']:.3f}"
-    )
-    bar.update(done[run.budget.unit], postfix)
 
 
 def _optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:

@@ -22,7 +22,8 @@ def test_peak_flops_come_from_the_override_or_the_device_table():
 
 
 def test_profile_reports_every_length_against_the_target(corpus):
-    report = profile(tiny_config(corpus, peak_tflops=0.01), [64, 128, 256], rounds=1, show_progress=False)
+    cfg = tiny_config(corpus, peak_tflops=0.01, doc_mask=True)
+    report = profile(cfg, [64, 128, 256], rounds=1, show_progress=False)
     rows = report["lengths"]
     assert [r["seq_len"] for r in rows] == [64, 128, 256]
     assert [r["rows"] for r in rows] == [32, 16, 8]  # constant tokens per step
@@ -38,6 +39,8 @@ def test_profile_reports_every_length_against_the_target(corpus):
     model = build_model(model_config("tiny", vocab_size=512, eos_id=0), seed=0)
     for row in rows:  # MFU: tokens/s x FLOPs per token over the given peak
         assert row["mfu"] == pytest.approx(row["tokens_per_s"] * flops_per_token(model, row["seq_len"]) / 1e10)
+    # --doc-mask: rows that each cross a document boundary against plain rows, at every length
+    assert all(-0.5 < row["doc_mask_cost"] < 10 for row in rows)
     table = format_profile(report)
-    assert "MFU" in table
+    assert "MFU" in table and "doc mask cost" in table
     assert table.count("\n| ") == 3  # one row per length and "tokens of fixed-length training" in table

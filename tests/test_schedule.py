@@ -171,3 +171,25 @@ def test_stages_split_a_step_budget_exactly(n_stages, steps):
     assert per_stage == [steps // n_stages] * n_stages
     doubling = make_schedule("doubling", start_len=64, target_len=lengths[-1])
     assert [sum(doubling.seq_len_at(k / steps) == n for k in range(steps)) for n in lengths] == per_stage
+
+
+def test_auto_plans_time_shares_from_how_much_cheaper_each_length_is():
+    from growlength.schedule import parse_stages, plan_stages
+
+    measured = {512: 3382.0, 1024: 3406.0, 2048: 2635.0}  # this CPU, target 2048
+    assert plan_stages(measured, unit="seconds") == "512:0.3589,1024:0.3615,2048:0.2796"
+    assert plan_stages(measured, unit="seconds", power=0) == "512:0.3333,1024:0.3333,2048:0.3334"
+    # under a token (or step) budget the same time shares, written as token shares: time x speed
+    by_tokens = plan_stages(measured, unit="tokens")
+    assert by_tokens == plan_stages(measured, unit="steps") == "512:0.3815,1024:0.3869,2048:0.2316"
+    # every plan is a valid stages schedule whose shares sum to exactly 1
+    for text in (by_tokens, plan_stages({128: 9e3, 8192: 1e3}, unit="seconds", power=2)):
+        lengths, shares = parse_stages(text)
+        assert sum(shares) == 1 and all(s > 0 for s in shares)
+    # where every length costs the same, every stage gets the same time: no length is favoured
+    flat = plan_stages({64: 5.0, 128: 5.0, 256: 5.0, 512: 5.0}, unit="seconds")
+    assert flat == "64:0.2500,128:0.2500,256:0.2500,512:0.2500"
+    # one length: all of it
+    assert plan_stages({1024: 7.0}, unit="tokens") == "1024:1.0000"
+    with pytest.raises(GrowLengthError, match="positive tokens/s"):
+        plan_stages({128: 0.0, 256: 1.0}, unit="seconds")

@@ -145,7 +145,7 @@ def test_time_budget_fills_the_stages(corpus, tmp_path):
 
 
 def test_stage_change_record_calls_a_spike_only_above_the_noise():
-    from growlength.train import stage_change_record
+    from growlength.steplog import stage_change_record
 
     assert stage_change_record(5.0, [4.0, 4.0, 4.0]) == {"stage_change": True, "loss_jump": 1.0, "spike": True}
     calm = stage_change_record(4.05, [4.0, 4.1, 3.9, 4.0, 4.05])
@@ -221,3 +221,37 @@ def test_a_doc_masked_run_trains(corpus, tmp_path):
     train(tiny_config(corpus, budget_steps=4, evals=1, doc_mask=True), tmp_path / "run", show_progress=False)
     steps, evals = records(tmp_path / "run")
     assert len(steps) == 4 and steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_auto_plans_its_stages_from_a_saved_profile_and_a_resume_never_replans(corpus, tmp_path, monkeypatch):
+    """--schedule auto --plan-from: tokens/s 4:1:1 at 64, 128, 256 with auto_power 0.5 gives time shares
+    2:1:1, so under a 20-step budget step shares 8:1:1 (time x speed); the table is saved in the
+    checkpoints, and a resumed run plans the same stages without measuring or reading the file again."""
+    import growlength.plan as planning
+
+    profile = tmp_path / "profile.json"
+    rows = [{"seq_len": n, "tokens_per_s": v} for n, v in ((64, 4000.0), (128, 1000.0), (256, 1000.0), (512, 9.0))]
+    profile.write_text(json.dumps({"lengths": rows}))
+    cfg = tiny_config(corpus, schedule="auto", plan_from=str(profile), auto_power=0.5, budget_steps=20, evals=2)
+    train(cfg, tmp_path / "run", show_progress=False)
+    steps, _ = records(tmp_path / "run")
+    assert [r["seq_len"] for r in steps] == [64] * 16 + [128] * 2 + [256] * 2
+    plan = json.loads((tmp_path / "run" / "auto-plan.json").read_text())
+    assert plan["stages"] == "64:0.8000,128:0.1000,256:0.1000"
+
+    # resume from the step-10 checkpoint: the saved table plans the same stages
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000020")
+    profile.unlink()
+    monkeypatch.setattr(planning, "measure_tokens_per_s", lambda *a, **k: pytest.fail("a resume measured again"))
+    train(None, tmp_path / "run", resume=True, show_progress=False)
+    again, _ = records(tmp_path / "run")
+    assert [r["seq_len"] for r in again] == [r["seq_len"] for r in steps]
+
+
+def test_auto_measures_every_candidate_length_at_the_start(corpus, tmp_path):
+    cfg = tiny_config(corpus, schedule="auto", budget_steps=6, evals=1)
+    train(cfg, tmp_path / "run", show_progress=False)
+    plan = json.loads((tmp_path / "run" / "auto-plan.json").read_text())
+    assert set(plan["tokens_per_s"]) == {"64", "128", "256"} and all(v > 0 for v in plan["tokens_per_s"].values())
+    steps, _ = records(tmp_path / "run")
+    assert {r["seq_len"] for r in steps} <= {64, 128, 256} and steps[-1]["seq_len"] == 256

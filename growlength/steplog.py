@@ -1,0 +1,96 @@
+"""The training loop's per-step record (metrics.jsonl, trackers) and its progress line: what a step
+logs, what a stage change logs, what compiling cost, and the bar or plain line a person reads."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from typing import TYPE_CHECKING
+
+import torch
+
+from growlength.meter import Meter
+from growlength.models import compile_stats
+
+if TYPE_CHECKING:
+    from growlength.budget import StepShape
+    from growlength.train import Run
+
+
+def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) -> dict:
+    p = run.progress
+    record = {
+        "step": p.step,
+        "tokens": p.tokens,
+        "seq_len": shape.seq_len,
+        "rows": shape.rows,
+        "loss": loss,
+        "lr": lr,
+        "wall_s": round(p.seconds, 4),
+        "tokens_per_s": round(shape.tokens / max(step_s, 1e-9), 1),
+        "stage": p.seq_lens.index(shape.seq_len) + 1,
+    }
+    if run.peak_flops:
+        record["mfu"] = round(record["tokens_per_s"] * run.flops_by_len[shape.seq_len] / run.peak_flops, 4)
+    if run.cfg.compile:
+        record.update(_compile_record(run))
+    if run.device.type == "cuda":  # this step's peak (a stage's is the largest of its steps')
+        record["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**20)
+        torch.cuda.reset_peak_memory_stats(run.device)
+    if run.schedule.has_stages and p.recent and p.recent[-1][0] != shape.seq_len:
+        record.update(stage_change_record(loss, [recent_loss for _, recent_loss in p.recent]))
+        if record["spike"] and run.world.is_main:
+            print(
+                f"loss spike at the change to seq_len {shape.seq_len}: {record['loss_jump']:+.3f}", file=sys.stderr
+            )
+    p.recent = [*p.recent, (shape.seq_len, loss)][-5:]
+    run.trackers.write(record)
+    return record
+
+
+def _compile_record(run: Run) -> dict:
+    """What compiling cost in this step (its time is inside the step's, so inside wall_s) and the
+    run's graphs so far: a new length compiles once, then every step at it reuses the graph."""
+    p = run.progress
+    graphs, seconds = compile_stats()
+    new_graphs, new_s = graphs - run.compile_seen[0], seconds - run.compile_seen[1]
+    run.compile_seen = (graphs, seconds)
+    p.compiles += new_graphs
+    p.compile_s += new_s
+    return {"compile_s": round(new_s, 3), "compiles": p.compiles}
+
+
+def stage_change_record(loss: float, before: list[float]) -> dict:
+    """The first step at a new length: its loss against the last steps before the change. A spike is a
+    rise of more than 3 standard deviations of those steps (or any rise, with one step to compare)."""
+    mean = statistics.fmean(before)
+    noise = statistics.stdev(before) if len(before) > 1 else 0.0
+    jump = loss - mean
+    return {"stage_change": True, "loss_jump": jump, "spike": jump > 0 and jump > 3 * noise}
+
+
+def progress_bar(run: Run, show: bool) -> Meter:
+    p, unit = run.progress, run.budget.unit
+    done = {"steps": p.step, "tokens": p.tokens, "seconds": p.seconds}[unit]
+    return Meter(
+        run.budget.total,
+        initial=done,
+        desc="train",
+        unit={"steps": "step", "tokens": "token", "seconds": "s"}[unit],
+        scale=unit == "tokens",
+        show=show and run.world.is_main,
+        every_s=run.cfg.log_every_seconds,
+    )
+
+
+def update_bar(bar: Meter, run: Run, record: dict) -> None:
+    done = {"steps": 1, "tokens": run.shapes[record["seq_len"]].tokens, "seconds": run.progress.last_step_s}
+    stages = len(run.schedule.all_lengths())
+    stage = f"stage {run.schedule.all_lengths().index(record['seq_len']) + 1}/{stages} " if stages < 10 else ""
+    postfix = (
+        f"{stage}seq_len {record['seq_len']} rows {record['rows']} "
+        f"{record['tokens_per_s']:,.0f} tok/s "
+        + (f"MFU {record['mfu']:.0%} " if "mfu" in record else "")
+        + f"loss {record['loss']:.3f}"
+    )
+    bar.update(done[run.budget.unit], postfix)
