@@ -29,16 +29,18 @@ import sys
 import tarfile
 from pathlib import Path
 
-from growlength.config import BenchConfig, TrainConfig, load_config, parse_sweep, point_label
+from growlength.config import BenchConfig, TrainConfig, load_config, parse_sweep, point_label, recipe_values
 from growlength.errors import GrowLengthError
-from growlength.recipes import BASELINE, ComposerCrash, recipe
+from growlength.recipes import BASELINE, ComposerCrash
 from growlength.trackers import read_metrics
 
 
 def run_config(base: TrainConfig, name: str, point: dict, seed: int, bench: BenchConfig, **budget) -> TrainConfig:
     """The base config, then the recipe, then the sweep point (so a sweep can tune a peer's own knobs)."""
     values = base.to_dict()
-    values.update(recipe(name, short_len=bench.short_len, start_len=base.start_len, target_len=base.target_len))
+    values.update(
+        recipe_values(name, short_len=bench.short_len, start_len=base.start_len, target_len=base.target_len)
+    )
     values.update(point, seed=seed, eval_seen_lengths=False, keep_checkpoints=1, **budget)
     return TrainConfig(**values)
 

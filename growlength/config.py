@@ -171,7 +171,10 @@ class TrainConfig:
 class BenchConfig:
     """The bench's own keys (a bench YAML holds these beside TrainConfig's)."""
 
-    runs: str = option(DEFAULT_RUNS, f"comma-separated recipes (all: {', '.join(RECIPES)})")
+    runs: str = option(
+        DEFAULT_RUNS,
+        f"comma-separated recipes (all: {', '.join(RECIPES)}); a variant adds keys: growlength+start_len=32",
+    )
     sweep: str | None = option(
         None,
         "grid of train keys run for every recipe first, e.g. 'lr=1e-3,2e-3 tokens_per_step=2048,8192'; "
@@ -195,7 +198,7 @@ class BenchConfig:
         if len(set(names)) != len(names):
             raise GrowLengthError(f"--runs names a run twice: {self.runs}")
         for name in names:
-            recipe(name, short_len=self.short_len, start_len=self.short_len)  # unknown names fail here
+            recipe_values(name, short_len=self.short_len, start_len=self.short_len)  # bad names fail here
         return names
 
     def final_lengths(self, target_len: int) -> list[int]:
@@ -227,6 +230,20 @@ class ProfileConfig:
         if max(lengths) != cfg.target_len:
             raise GrowLengthError(f"--lengths must end at the target length {cfg.target_len}, got {lengths}")
         return lengths
+
+
+def recipe_values(run: str, *, short_len: int, start_len: int, target_len: int = 1024) -> dict:
+    """A bench run's train-config values: a recipe, or a variant of one with keys of its own joined by
+    '+': 'growlength+start_len=32+rope_theta=100000' is GrowLength from 32 with a RoPE base of 100k
+    (so one bench can set variants side by side on the same machine and budget)."""
+    name, *items = run.split("+")
+    values = recipe(name, short_len=short_len, start_len=start_len, target_len=target_len)
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise GrowLengthError(f"cannot read {item!r} in run {run!r}: write RECIPE+KEY=VALUE+...")
+        values[key] = coerce(key, value)
+    return values
 
 
 def parse_sweep(text: str | None) -> list[dict]:

@@ -119,6 +119,17 @@ def test_run_config_overrides_only_the_recipe_then_the_point(corpus):
     assert (cfg.schedule, cfg.seed, cfg.eval_seen_lengths, cfg.model) == ("doubling", base.seed + 1, False, "tiny")
 
 
+def test_a_variant_sets_its_own_keys_on_a_recipe(corpus):
+    base = tiny_config(corpus)
+    bench_cfg = BenchConfig(runs="fixed-target,growlength,growlength+start_len=32+rope_theta=1e5")
+    cfg = run_config(base, "growlength+start_len=32+rope_theta=1e5", {}, 1, bench_cfg)
+    assert (cfg.schedule, cfg.start_len, cfg.rope_theta) == ("doubling", 32, "1e5")
+    assert run_config(base, "growlength", {}, 1, bench_cfg).start_len == base.start_len
+    for bad, why in (("growlength+start_len", "RECIPE\\+KEY=VALUE"), ("growlength+start_ln=3", "start_len")):
+        with pytest.raises(GrowLengthError, match=why):
+            BenchConfig(runs=f"fixed-target,{bad}")
+
+
 def test_a_bad_recipe_config_fails_before_any_run(corpus, tmp_path):
     # fixed-target at 192 divides 576 tokens per step; growlength's 128 does not
     base = tiny_config(corpus, target_len=192, tokens_per_step=576)
