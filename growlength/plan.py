@@ -228,24 +228,27 @@ def check_attention(name: str, device: torch.device) -> None:
 
 
 def plan_auto(run) -> None:
-    """--schedule auto: tokens/s at each candidate length (measured here, on rank 0's clock, the time
-    counted as training time; or read from --plan-from), then the stages plan_stages gives for them.
-    The table is saved in every checkpoint, so a resumed run plans the same stages without measuring."""
+    """--schedule auto: tokens/s at each candidate length (measured here, rank 0's figures broadcast;
+    or read from --plan-from), then the stages plan_stages gives for them. Measuring is setup, like
+    building the model: its seconds are reported (`plan_s` in auto-plan.json), not counted as training
+    time, which would also spend the LR warmup before the first step. The table is saved in every
+    checkpoint, so a resumed run plans the same stages without measuring."""
     p, cfg = run.progress, run.cfg
     lengths = run.schedule.all_lengths()
+    started = time.perf_counter()
     if not p.planned_tokens_per_s:
-        started = time.perf_counter()
         if cfg.plan_from:
             table = read_throughput(cfg.plan_from, lengths)
         else:
             shapes = [run.shapes[n] for n in lengths]
             table = measure_tokens_per_s(dist.unwrap(run.model), shapes, run.device, run.autocast)
-            p.seconds += dist.broadcast_float(time.perf_counter() - started)
         p.planned_tokens_per_s = {str(n): dist.broadcast_float(v) for n, v in table.items()}
+    plan_s = time.perf_counter() - started
     table = {int(n): v for n, v in p.planned_tokens_per_s.items()}
     stages = plan_stages(table, unit=run.budget.unit, power=cfg.auto_power)
     run.schedule = planned_schedule(stages)
     if run.world.is_main:
         speeds = ", ".join(f"{n}: {v:,.0f}" for n, v in table.items())
-        print(f"auto: tokens/s {speeds} -> stages {stages} (shares of the {run.budget.unit})")
-        (run.out / "auto-plan.json").write_text(json.dumps({"tokens_per_s": table, "stages": stages}, indent=2))
+        print(f"auto: tokens/s {speeds} ({plan_s:.1f} s) -> stages {stages} (shares of the {run.budget.unit})")
+        record = {"tokens_per_s": table, "stages": stages, "plan_s": round(plan_s, 3)}
+        (run.out / "auto-plan.json").write_text(json.dumps(record, indent=2))

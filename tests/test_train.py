@@ -249,9 +249,11 @@ def test_auto_plans_its_stages_from_a_saved_profile_and_a_resume_never_replans(c
 
 
 def test_auto_measures_every_candidate_length_at_the_start(corpus, tmp_path):
-    cfg = tiny_config(corpus, schedule="auto", budget_steps=6, evals=1)
+    """Measuring is setup: not training time, so a seconds budget's LR warmup starts at the first step."""
+    cfg = tiny_config(corpus, schedule="auto", budget_steps=None, budget_seconds=3.0, evals=1)
     train(cfg, tmp_path / "run", show_progress=False)
     plan = json.loads((tmp_path / "run" / "auto-plan.json").read_text())
     assert set(plan["tokens_per_s"]) == {"64", "128", "256"} and all(v > 0 for v in plan["tokens_per_s"].values())
     steps, _ = records(tmp_path / "run")
     assert {r["seq_len"] for r in steps} <= {64, 128, 256} and steps[-1]["seq_len"] == 256
+    assert steps[0]["wall_s"] < plan["plan_s"] and steps[0]["lr"] < cfg.lr / 2
