@@ -119,9 +119,9 @@ def init_config(folder: str, *, vocab_size: int, target_len: int):
     return config
 
 
-def trained_context(folder: str) -> int:
+def trained_context(folder: str) -> int | None:
     """The longest length the init model was trained at: a growlength export says so in growlength.json;
-    otherwise its max_position_embeddings."""
+    otherwise its max_position_embeddings (None where the config sets no limit)."""
     from transformers import AutoConfig
 
     provenance = Path(folder) / "growlength.json"

@@ -109,6 +109,8 @@ def _position_policy(cfg: TrainConfig, model_cfg) -> Callable[[int], dict]:
     mode, original = parse_rope_scaling(cfg.rope_scaling)
     if mode == "yarn" and original is None:
         original = trained_context(cfg.init_from)
+        if original is None:
+            raise GrowLengthError(f"{cfg.init_from} does not say how long it was trained: give yarn:LENGTH")
     if mode == "yarn" and original >= cfg.target_len:
         raise GrowLengthError(f"rope_scaling yarn from {original}: the target {cfg.target_len} is not beyond it")
     return functools.partial(

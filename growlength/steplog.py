@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 
 def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) -> dict:
+    """The step's record, written to metrics.jsonl and the trackers: its length, loss, LR and speed;
+    MFU, compiling and peak memory where they apply; the loss jump at a stage change."""
     p = run.progress
     record = {
         "step": p.step,
