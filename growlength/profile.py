@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from growlength import dist
 from growlength.config import TrainConfig
@@ -81,8 +80,6 @@ def measure_tokens_per_s(
     the weights as they are (gradients dropped, no optimizer step): what `--schedule auto` plans from.
     An untimed round first (kernels, allocator), then `rounds` interleaved ones; the fastest of each.
     `packed`: every row holds two documents (position ids restart mid-row), the worst case for --doc-mask."""
-    from growlength.evaluate import lm_loss
-
     vocab = dist.unwrap(model).config.vocab_size
     generator = torch.Generator().manual_seed(0)  # the run's own RNG streams are left alone
     fastest: dict[int, float] = {}
@@ -92,10 +89,7 @@ def measure_tokens_per_s(
             ids = ids.to(device)
             positions = _two_documents(shape, device) if packed else None
             started = time.perf_counter()
-            for micro in range(shape.accum):
-                rows = ids[micro * shape.micro_rows : (micro + 1) * shape.micro_rows]
-                with autocast():
-                    lm_loss(model, rows[:, :-1], rows[:, 1:], positions).backward()
+            _backward(model, ids, shape, autocast, positions)
             model.zero_grad(set_to_none=True)
             elapsed = _sync_time(device, started)
             if r > 0:
@@ -103,11 +97,24 @@ def measure_tokens_per_s(
     return {s.seq_len: s.micro_rows * s.accum * s.seq_len / fastest[s.seq_len] for s in shapes}
 
 
+def _backward(model, ids_BT: torch.Tensor, shape, autocast, positions_BT=None) -> None:
+    """Forward and backward over a step's micro-batches of these rows (each row seq_len + 1 tokens),
+    each loss weighted by its share of the rows, as the training step does."""
+    from growlength.evaluate import lm_loss
+
+    for micro in range(shape.accum):
+        rows = ids_BT[micro * shape.micro_rows : (micro + 1) * shape.micro_rows]
+        with autocast():
+            loss = lm_loss(model, rows[:, :-1], rows[:, 1:], positions_BT) * len(rows) / len(ids_BT)
+        loss.backward()
+
+
 def _two_documents(shape, device) -> torch.Tensor:
-    """Position ids of rows holding two documents of half the length each: [0 .. h-1, 0 .. T-h-1]."""
+    """Position ids of rows holding two documents of half the length each: [0 .. h-1, 0 .. T-h-1], one
+    row that transformers expands to every row of a micro-batch (a shorter last one too)."""
     half = shape.seq_len // 2
     positions_T = torch.cat([torch.arange(half), torch.arange(shape.seq_len - half)])
-    return positions_T.expand(shape.micro_rows, -1).to(device)
+    return positions_T.unsqueeze(0).to(device)
 
 
 def read_throughput(path: str | Path, lengths: list[int]) -> dict[int, float]:
@@ -137,12 +144,7 @@ def _bare_step(run, shape) -> float:
     model, device = run.step_model, run.device
     x = torch.randint(0, dist.unwrap(run.model).config.vocab_size, (shape.rows, shape.seq_len + 1), device=device)
     started = time.perf_counter()
-    for micro in range(shape.accum):
-        rows = x[micro * shape.micro_rows : (micro + 1) * shape.micro_rows]
-        with run.autocast():
-            logits = model(input_ids=rows[:, :-1], use_cache=False).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten()) * len(rows) / len(x)
-        loss.backward()
+    _backward(model, x, shape, run.autocast)
     torch.nn.utils.clip_grad_norm_(model.parameters(), run.cfg.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)

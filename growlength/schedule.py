@@ -213,7 +213,8 @@ def plan_stages(tokens_per_s: dict[int, float], *, unit: str, power: float = 1.0
     time = {n: (tokens_per_s[n] / target_speed) ** power for n in lengths}
     weight = time if unit == "seconds" else {n: time[n] * tokens_per_s[n] for n in lengths}
     # Shares to 4 decimals that sum to exactly 1: the last (the target's) takes the rounding.
-    shares = [Fraction(round(weight[n] / sum(weight.values()), 4)).limit_denominator(10**4) for n in lengths[:-1]]
+    total = sum(weight.values())
+    shares = [Fraction(round(weight[n] / total, 4)).limit_denominator(10**4) for n in lengths[:-1]]
     shares.append(1 - sum(shares, Fraction(0)))
     return ",".join(f"{n}:{float(share):.4f}" for n, share in zip(lengths, shares, strict=True))
 
