@@ -108,6 +108,11 @@ class TrainConfig:
     )
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
     block_tokens: int = option(16384, "shuffle granularity: the train stream is shuffled in blocks of this")
+    lanes: int = option(
+        1024,
+        "a step's rows are dealt from up to this many far-apart regions of the stream, each at least a block "
+        "(1: a step reads one contiguous window)",
+    )
     seed: int = option(0, "seed for weights and data order")
     device: str = option("auto", "auto | cpu | cuda")
     log_to: str = option("tensorboard", "besides metrics.jsonl: tensorboard | wandb | tensorboard,wandb | none")

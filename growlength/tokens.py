@@ -15,6 +15,11 @@ cursor counted in tokens, so a length change never drops or repeats a token:
 Every token after the first is a target exactly once per epoch. Shuffling permutes fixed-size blocks
 of `block_tokens` of the whole stream once per epoch (seeded by seed and epoch), so the order never
 depends on seq_len or on how the stream is cut into shards.
+
+Read as one window, a step's rows would be neighbours (64 rows of 32 tokens: one scene of one play).
+With `lanes` the rows are dealt round robin from that many far-apart regions of the stream instead, so
+a step of short rows is as varied as a batch of shuffled samples; each lane still reads front to back,
+so the count of every token stays exact and resumable (a cursor per lane).
 """
 
 import hashlib
@@ -287,34 +292,80 @@ class ShardWriter:
 class Loader:
     """Windows of the shuffled train stream, at the length asked for, with a token cursor.
 
-    `next_batch(seq_len, rows)` returns this rank's share of one optimizer step's rows: the step covers
-    stream positions [cursor, cursor + rows * seq_len) for all ranks together and rank r takes the
-    r-th slice of rows, so ranks see disjoint data and the union is exactly the 1-process batch.
+    `next_batch(seq_len, rows)` returns this rank's share of one optimizer step's rows, dealt round
+    robin over `lanes`: each epoch of the stream is cut into `lanes` equal regions, lane j reads region j
+    of epoch 0, then region j of epoch 1, ..., each lane front to back. So the rows of one step come from
+    up to `lanes` far-apart places in the corpus, as in a loader of shuffled samples (Megatron's, a
+    streaming dataset's), while every token is still read exactly once per epoch (the last
+    N mod lanes tokens of an epoch are skipped) whatever the lengths asked for. Worked example, a stream
+    of 8 tokens, 2 lanes (t0..t3 | t4..t7):
+        step 1, seq_len 1, rows 2: inputs [t0][t4]   lanes' cursors 1, 1
+        step 2, seq_len 2, rows 1: inputs [t1 t2]    lanes' cursors 3, 1   (next row: lane 1)
+    With one lane a step covers stream positions [cursor, cursor + rows * seq_len). Rank r takes the
+    r-th slice of the step's rows, so ranks see disjoint data and the union is the 1-process batch.
     """
 
-    def __init__(self, tokens: np.ndarray, *, seed: int, block_tokens: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        *,
+        seed: int,
+        block_tokens: int,
+        lanes: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if len(tokens) < 2:
             raise GrowLengthError("the train split holds fewer than 2 tokens: give more text")
+        if lanes < 1:
+            raise GrowLengthError(f"lanes must be at least 1, got {lanes}")
         self.tokens, self.seed, self.block_tokens = tokens, seed, block_tokens
         self.rank, self.world_size = rank, world_size
-        self.cursor = 0
+        # each lane at least a shuffle block long, so a small corpus gets fewer lanes than asked
+        self.lanes = max(1, min(lanes, len(tokens) // block_tokens))
+        self.lane_len = len(tokens) // self.lanes
+        self.lane_cursors = np.zeros(self.lanes, dtype=np.int64)
+        self.next_lane = 0
         n_blocks = -(-len(tokens) // block_tokens)
         self._block_len = np.minimum(block_tokens, len(tokens) - np.arange(n_blocks) * block_tokens)
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
+    @property
+    def cursor(self) -> int:
+        """Tokens read so far, all lanes together (skipped row tails included)."""
+        return int(self.lane_cursors.sum())
+
     def next_batch(self, seq_len: int, rows: int, row_stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, targets), each int64 of shape (rows // world_size, seq_len); advances the cursor
-        by rows * row_stride. A row_stride above seq_len skips the rest of each row (truncation)."""
+        """(inputs, targets), each int64 of shape (rows // world_size, seq_len); the step takes
+        row_stride tokens per row from its lane. A row_stride above seq_len skips the rest of each row
+        (truncation)."""
         stride = row_stride or seq_len
         rank_rows = rows // self.world_size
-        start = self.cursor + self.rank * rank_rows * stride
-        window = self.read(start, rank_rows * stride + 1).astype(np.int64)
-        self.cursor += rows * stride
-        if stride == seq_len:
-            return window[:-1].reshape(rank_rows, seq_len), window[1:].reshape(rank_rows, seq_len)
-        starts_R1 = (np.arange(rank_rows) * stride)[:, None]
-        offsets_1T = np.arange(seq_len)[None, :]
-        return window[starts_R1 + offsets_1T], window[starts_R1 + offsets_1T + 1]
+        dealt_R = self.next_lane + np.arange(rows)  # row i goes to lane dealt % lanes, as its (dealt // lanes)-th
+        lane_R, nth_R = dealt_R % self.lanes, dealt_R // self.lanes - (dealt_R % self.lanes < self.next_lane)
+        mine = slice(self.rank * rank_rows, (self.rank + 1) * rank_rows)
+        rows_RT1 = np.empty((rank_rows, seq_len + 1), dtype=np.int64)
+        offsets_1T = np.arange(seq_len + 1)[None, :]
+        for lane in np.unique(lane_R[mine]):
+            at_r = np.flatnonzero(lane_R[mine] == lane)
+            first, n = int(nth_R[mine][at_r[0]]), len(at_r)
+            window = self._read_lane(int(lane), int(self.lane_cursors[lane]) + first * stride, n * stride + 1)
+            rows_RT1[at_r] = window.astype(np.int64)[(np.arange(n) * stride)[:, None] + offsets_1T]
+        self.lane_cursors += np.bincount(lane_R, minlength=self.lanes) * stride
+        self.next_lane = (self.next_lane + rows) % self.lanes
+        return rows_RT1[:, :-1], rows_RT1[:, 1:]
+
+    def _read_lane(self, lane: int, start: int, n: int) -> np.ndarray:
+        """Tokens [start, start + n) of one lane: its region of each epoch in turn."""
+        if self.lanes == 1:
+            return self.read(start, n)
+        pieces = []
+        while n > 0:
+            lap, offset = divmod(start, self.lane_len)
+            take = min(n, self.lane_len - offset)
+            pieces.append(self.read(lap * len(self.tokens) + lane * self.lane_len + offset, take))
+            start, n = start + take, n - take
+        return np.concatenate(pieces)
 
     def read(self, start: int, n: int) -> np.ndarray:
         """Tokens [start, start + n) of the endless shuffled stream."""
@@ -344,17 +395,22 @@ class Loader:
             "seed": self.seed,
             "block_tokens": self.block_tokens,
             "n_tokens": len(self.tokens),
+            "lanes": self.lanes,
+            "lane_cursors": self.lane_cursors.tolist(),
+            "next_lane": self.next_lane,
         }
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        for key in ("seed", "block_tokens", "n_tokens"):
+        state = {"lanes": 1, "lane_cursors": [state["cursor"]], "next_lane": 0, **state}  # before lanes
+        for key in ("seed", "block_tokens", "n_tokens", "lanes"):
             if state[key] != mine[key]:
                 raise GrowLengthError(
                     f"the checkpoint's loader has {key}={state[key]} but this run has {mine[key]}: "
-                    "resume with the same data and seed"
+                    "resume with the same data, seed and lanes"
                 )
-        self.cursor = int(state["cursor"])
+        self.lane_cursors = np.asarray(state["lane_cursors"], dtype=np.int64)
+        self.next_lane = int(state["next_lane"])
 
 
 def doc_positions(inputs_BT: np.ndarray, eos_id: int) -> np.ndarray:

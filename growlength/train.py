@@ -180,7 +180,7 @@ def _loader(plan, cfg: TrainConfig, world: dist.World) -> Loader | BucketLoader:
     where = dict(seed=cfg.seed, rank=world.rank, world_size=world.size)
     if plan.buckets is not None:
         return BucketLoader(plan.data.train, plan.buckets, **where)
-    return Loader(plan.data.train, block_tokens=cfg.block_tokens, **where)
+    return Loader(plan.data.train, block_tokens=cfg.block_tokens, lanes=cfg.lanes, **where)
 
 
 def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float]:

@@ -94,16 +94,77 @@ def test_resume_into_a_different_stream_is_refused(change):
         other.load_state_dict(state)
 
 
-def test_ranks_read_disjoint_slices_whose_union_is_the_single_process_batch():
-    plan = [(64, 8), (128, 4), (256, 2)]
-    single = Loader(STREAM, seed=5, block_tokens=256)
-    ranks = [Loader(STREAM, seed=5, block_tokens=256, rank=r, world_size=2) for r in range(2)]
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_ranks_read_disjoint_slices_whose_union_is_the_single_process_batch(lanes):
+    plan = [(64, 8), (128, 4), (256, 2), (32, 6)]
+    single = Loader(STREAM, seed=5, block_tokens=256, lanes=lanes)
+    ranks = [Loader(STREAM, seed=5, block_tokens=256, lanes=lanes, rank=r, world_size=2) for r in range(2)]
     for seq_len, rows in plan:
         x, _ = single.next_batch(seq_len, rows)
         parts = [loader.next_batch(seq_len, rows)[0] for loader in ranks]
         assert np.array_equal(np.concatenate(parts), x)
         assert not set(parts[0].ravel()) & set(parts[1].ravel())
     assert ranks[0].cursor == ranks[1].cursor == single.cursor
+
+
+def test_lanes_worked_example():
+    loader = Loader(np.arange(8), seed=0, block_tokens=4, lanes=2)
+    assert reference_epoch(np.arange(8), 0, 0, 4).tolist() == list(range(8))  # seed 0 keeps the blocks' order
+    x, _ = loader.next_batch(1, 2)
+    assert x.tolist() == [[0], [4]] and loader.lane_cursors.tolist() == [1, 1]
+    x, _ = loader.next_batch(2, 1)
+    assert x.tolist() == [[1, 2]] and loader.lane_cursors.tolist() == [3, 1]
+    x, _ = loader.next_batch(1, 3)  # the deal goes on from lane 1
+    assert x.tolist() == [[4 + 1], [3], [4 + 2]] and loader.cursor == 7
+
+
+def test_lanes_cover_each_region_once_whatever_the_lengths_and_spread_a_step():
+    lanes, block = 5, 400
+    loader = Loader(STREAM, seed=4, block_tokens=block, lanes=lanes)
+    lane_len = len(STREAM) // lanes
+    epoch = reference_epoch(STREAM, 4, 0, block)
+    region_of = np.empty(len(STREAM), dtype=int)
+    region_of[epoch] = np.minimum(np.arange(len(STREAM)) // lane_len, lanes)  # value -> its region
+    seen, plan = [], [(16, 8)] * 20 + [(32, 4)] * 10 + [(64, 2)] * 10 + [(7, 3)] * 5 + [(128, 1)] * 9
+    for seq_len, rows in plan:
+        x, y = loader.next_batch(seq_len, rows)
+        for row_x, row_y in zip(x, y):  # a row is a contiguous piece of one region
+            at = np.flatnonzero(epoch == row_x[0])[0]
+            assert np.array_equal(row_x, epoch[at : at + seq_len])
+            assert row_y[-1] == epoch[at + seq_len]
+            assert len(set(region_of[row_x])) == 1
+        if rows <= lanes:  # a step's rows come from as many regions as it has rows
+            assert len({region_of[row[0]] for row in x}) == rows
+        seen.append(x.ravel())
+    seen = np.concatenate(seen)
+    assert loader.lane_cursors.max() <= lane_len  # still in the first lap of every lane
+    assert len(np.unique(seen)) == len(seen) == loader.cursor  # no token twice
+    assert np.ptp(loader.lane_cursors) <= 128  # lanes advance together, within a row
+
+
+def test_lanes_wrap_into_the_same_region_of_the_next_epoch():
+    loader = Loader(STREAM, seed=2, block_tokens=1000, lanes=4)
+    consume(loader, [(100, 4)] * 25)  # exactly one lap of each 2,500-token lane
+    x, _ = loader.next_batch(100, 4)
+    second = reference_epoch(STREAM, 2, 1, 1000)
+    assert [row.tolist() for row in x] == [second[j * 2500 : j * 2500 + 100].tolist() for j in range(4)]
+
+
+def test_lanes_are_capped_by_the_corpus_and_a_resume_needs_the_same_lanes():
+    assert Loader(STREAM, seed=0, block_tokens=3000, lanes=64).lanes == 3
+    loader = Loader(STREAM, seed=0, block_tokens=500, lanes=4)
+    consume(loader, [(50, 3)] * 3)
+    state = json.loads(json.dumps(loader.state_dict()))
+    with pytest.raises(GrowLengthError, match="lanes"):
+        Loader(STREAM, seed=0, block_tokens=500, lanes=3).load_state_dict(state)
+    resumed = Loader(STREAM, seed=0, block_tokens=500, lanes=4)
+    resumed.load_state_dict(state)
+    assert np.array_equal(resumed.next_batch(20, 6)[0], loader.next_batch(20, 6)[0])
+    # a checkpoint from before lanes (a cursor alone) resumes a one-lane loader
+    old = Loader(STREAM, seed=0, block_tokens=500)
+    old.load_state_dict({"cursor": 1234, "seed": 0, "block_tokens": 500, "n_tokens": len(STREAM)})
+    assert old.cursor == 1234
+    assert np.array_equal(old.next_batch(4, 1)[0][0], reference_epoch(STREAM, 0, 0, 500)[1234:1238])
 
 
 def test_eval_windows_score_the_same_tokens_at_every_length():

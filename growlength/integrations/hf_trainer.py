@@ -41,10 +41,20 @@ from growlength.tokens import Loader, open_tokens
 class GrowLengthDataset(torch.utils.data.IterableDataset):
     """An endless stream of micro-batches whose length follows `schedule` over `args.max_steps`."""
 
-    def __init__(self, data, schedule: LengthSchedule, args, *, tokens_per_batch: int, block_tokens: int = 16384):
+    def __init__(
+        self,
+        data,
+        schedule: LengthSchedule,
+        args,
+        *,
+        tokens_per_batch: int,
+        block_tokens: int = 16384,
+        lanes: int = 1024,
+    ):
         _check_args(args)
         self.tokens = open_tokens(data).train
         self.schedule, self.tokens_per_batch, self.block_tokens = schedule, tokens_per_batch, block_tokens
+        self.lanes = lanes
         self.max_steps, self.accum, self.seed = args.max_steps, args.gradient_accumulation_steps, args.seed
         self.items_per_step = self.accum * max(1, args.world_size)
         self.tokens_per_step = tokens_per_batch * self.items_per_step
@@ -61,7 +71,7 @@ class GrowLengthDataset(torch.utils.data.IterableDataset):
         return self.schedule.seq_len_at(min(step, self.max_steps) / self.max_steps)
 
     def __iter__(self):
-        loader = Loader(self.tokens, seed=self.seed, block_tokens=self.block_tokens)
+        loader = Loader(self.tokens, seed=self.seed, block_tokens=self.block_tokens, lanes=self.lanes)
         for item in itertools.count():
             seq_len = self.seq_len_at(item // self.items_per_step)
             inputs, targets = loader.next_batch(seq_len, self.rows[seq_len])
