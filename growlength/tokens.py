@@ -78,6 +78,21 @@ class Stream:
     def max(self) -> int:
         return max(int(p.max()) for p in self.parts)
 
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """The tokens at any array of indices (each shard read once, with its own indices)."""
+        part = np.searchsorted(self.ends, index, side="right")
+        out = np.empty(index.shape, dtype=self.dtype)
+        for p in np.unique(part):
+            mask = part == p
+            out[mask] = self.parts[p][index[mask] - (int(self.ends[p - 1]) if p else 0)]
+        return out
+
+
+def gather(tokens: np.ndarray | Stream, index: np.ndarray) -> np.ndarray:
+    """tokens[index] as int64, for an array, a memory map or a Stream of shards."""
+    picked = tokens.take(index) if isinstance(tokens, Stream) else np.asarray(tokens)[index]
+    return picked.astype(np.int64)
+
 
 def positions_of(tokens: np.ndarray | Stream, value: int) -> np.ndarray:
     """Where `value` occurs in a token array or stream, one shard at a time (never the whole in memory)."""
@@ -343,21 +358,44 @@ class Loader:
         rank_rows = rows // self.world_size
         lane_R, nth_R = deal(rows, self.lanes, self.next_lane)
         mine = slice(self.rank * rank_rows, (self.rank + 1) * rank_rows)
-        rows_RT1 = np.empty((rank_rows, seq_len + 1), dtype=np.int64)
-        offsets_1T = np.arange(seq_len + 1)[None, :]
-        for lane in np.unique(lane_R[mine]):
-            at_r = np.flatnonzero(lane_R[mine] == lane)
-            first, n = int(nth_R[mine][at_r[0]]), len(at_r)
-            window = self._read_lane(int(lane), int(self.lane_cursors[lane]) + first * stride, n * stride + 1)
-            rows_RT1[at_r] = window.astype(np.int64)[(np.arange(n) * stride)[:, None] + offsets_1T]
+        lane_r = lane_R[mine]
+        start_r = self.lane_cursors[lane_r] + nth_R[mine] * stride
+        rows_rT = self._rows(lane_r, start_r, seq_len + 1)
         self.lane_cursors += np.bincount(lane_R, minlength=self.lanes) * stride
         self.next_lane = (self.next_lane + rows) % self.lanes
-        return rows_RT1[:, :-1], rows_RT1[:, 1:]
+        return rows_rT[:, :-1], rows_rT[:, 1:]
+
+    def _rows(self, lane_r: np.ndarray, start_r: np.ndarray, n: int) -> np.ndarray:
+        """Rows of n tokens (int64), each from `start_r` in its lane: one gather for the rows that are
+        contiguous in the token array; the few that cross a block's or a lane's end (about one per
+        block_tokens read) are read piece by piece."""
+        first_r = self._index(self._in_stream(lane_r, start_r))
+        last_r = self._index(self._in_stream(lane_r, start_r + n - 1))
+        whole_r = last_r - first_r == n - 1
+        rows_rT = np.empty((len(start_r), n), dtype=np.int64)
+        rows_rT[whole_r] = gather(self.tokens, first_r[whole_r, None] + np.arange(n))
+        for r in np.flatnonzero(~whole_r):
+            rows_rT[r] = self._read_lane(int(lane_r[r]), int(start_r[r]), n)
+        return rows_rT
+
+    def _in_stream(self, lane: np.ndarray, at_lane: np.ndarray) -> np.ndarray:
+        """Where position `at_lane` of a lane is in the endless stream: the lane's region of each epoch."""
+        lap, offset = np.divmod(at_lane, self.lane_len)
+        return lap * len(self.tokens) + lane * self.lane_len + offset
+
+    def _index(self, at: np.ndarray) -> np.ndarray:
+        """Indices into the token array of positions `at` of the endless shuffled stream."""
+        epoch, offset = np.divmod(at, len(self.tokens))
+        index = np.empty_like(at)
+        for e in np.unique(epoch):
+            mask = epoch == e
+            order, starts = self._epoch(int(e))
+            block = np.searchsorted(starts, offset[mask], side="right") - 1
+            index[mask] = order[block] * self.block_tokens + offset[mask] - starts[block]
+        return index
 
     def _read_lane(self, lane: int, start: int, n: int) -> np.ndarray:
-        """Tokens [start, start + n) of one lane: its region of each epoch in turn."""
-        if self.lanes == 1:
-            return self.read(start, n)
+        """Tokens [start, start + n) of one lane, piece by piece."""
         pieces = []
         while n > 0:
             lap, offset = divmod(start, self.lane_len)

@@ -222,15 +222,19 @@ def test_a_stream_of_shards_reads_like_the_joined_array():
     for a, b in rng.integers(0, len(STREAM) + 5, size=(300, 2)):
         assert np.array_equal(stream[a:b], STREAM[a:b])
     assert np.array_equal(np.asarray(stream), STREAM)
+    index = rng.integers(0, len(STREAM), size=(50, 7))
+    assert np.array_equal(stream.take(index), STREAM[index])
     stream_with_eos = Stream(shards_of(STREAM % 97, [1, 300, 9000]))
     assert np.array_equal(positions_of(stream_with_eos, 5), np.flatnonzero(STREAM % 97 == 5))
 
 
-def test_the_loader_over_shards_gives_the_batches_of_the_joined_array():
+@pytest.mark.parametrize("lanes", [1, 7])
+def test_the_loader_over_shards_gives_the_batches_of_the_joined_array(lanes):
     """Blocks cross shard ends freely: the shuffled stream and every batch are those of one array."""
-    plan = [(16, 8), (32, 4), (64, 2), (128, 1)] * 30  # several epochs of 10,000 tokens
-    flat = consume(Loader(STREAM, seed=5, block_tokens=300), plan)
-    sharded = consume(Loader(Stream(shards_of(STREAM, [123, 4000, 4001, 9999])), seed=5, block_tokens=300), plan)
+    plan = [(16, 8), (32, 4), (64, 2), (128, 1)] * 100  # four epochs of 10,000 tokens
+    flat = consume(Loader(STREAM, seed=5, block_tokens=300, lanes=lanes), plan)
+    shards = Stream(shards_of(STREAM, [123, 4000, 4001, 9999]))
+    sharded = consume(Loader(shards, seed=5, block_tokens=300, lanes=lanes), plan)
     assert np.array_equal(flat[0], sharded[0]) and np.array_equal(flat[1], sharded[1])
 
 
