@@ -442,9 +442,10 @@ class Loader:
         state = {"lanes": 1, "lane_cursors": [state["cursor"]], "next_lane": 0, **state}  # before lanes
         for key in ("seed", "block_tokens", "n_tokens", "lanes"):
             if state[key] != mine[key]:
+                fix = f"--lanes {state[key]}" if key == "lanes" else "the same data and seed"
                 raise GrowLengthError(
                     f"the checkpoint's loader has {key}={state[key]} but this run has {mine[key]}: "
-                    "resume with the same data, seed and lanes"
+                    f"resume with {fix}"
                 )
         self.lane_cursors = np.asarray(state["lane_cursors"], dtype=np.int64)
         self.next_lane = int(state["next_lane"])

@@ -155,7 +155,7 @@ def test_lanes_are_capped_by_the_corpus_and_a_resume_needs_the_same_lanes():
     loader = Loader(STREAM, seed=0, block_tokens=500, lanes=4)
     consume(loader, [(50, 3)] * 3)
     state = json.loads(json.dumps(loader.state_dict()))
-    with pytest.raises(GrowLengthError, match="lanes"):
+    with pytest.raises(GrowLengthError, match="resume with --lanes 4"):
         Loader(STREAM, seed=0, block_tokens=500, lanes=3).load_state_dict(state)
     resumed = Loader(STREAM, seed=0, block_tokens=500, lanes=4)
     resumed.load_state_dict(state)

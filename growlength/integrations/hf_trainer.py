@@ -15,7 +15,8 @@ seq_len) at the length the schedule gives the optimizer step it belongs to, with
 max_steps. So every optimizer step holds tokens_per_batch x gradient_accumulation_steps x world_size
 tokens whatever the length: Trainer's LR schedule over max_steps is a schedule over tokens, and
 `num_input_tokens_seen` is exact. Labels are the next tokens (`shift_labels`), so every token of a
-window is a target, as in `growlength train`.
+window is a target, as in `growlength train`. A micro-batch's rows come from up to `lanes` far-apart
+regions of the stream (`tokens.Loader`), as in `growlength train`.
 
 Resume: the items are a pure function of (data, seed, schedule, item index). When Trainer resumes a
 checkpoint it skips the batches of the steps already trained, which replays the loader's cursor to the
