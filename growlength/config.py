@@ -44,6 +44,13 @@ RANGES = (
 ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 
 
+def default_start_len(target_len: int) -> int:
+    """Where the default schedule starts: target_len / 64 rounded down to a power of two, at least 8
+    (2,048 -> 32, 8,192 -> 128, 1,000 -> 8). The arena's choice: at target 2,048 doubling from 32 ends
+    below doubling from 128, at 8,192 doubling from 128 wins (docs/arena.md)."""
+    return max(8, 1 << max(0, (target_len // 64).bit_length() - 1))
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     data: str = option(
@@ -68,7 +75,9 @@ class TrainConfig:
     stages: str | None = option(
         None, "explicit stages LENGTH:SHARE,... e.g. 128:0.25,256:0.25,1024:0.5 (or 1/3 shares)"
     )
-    start_len: int = option(128, "first training length (doubling, linear, root)")
+    start_len: int | None = option(
+        None, "first training length (doubling, auto, linear, root); default target_len / 64 (a power of two, >= 8)"
+    )
     target_len: int = option(1024, "final training length; must fit the model")
     ramp: float = option(0.3, "ramps: fraction of the budget over which the length grows")
     multiple: int = option(64, "ramps: lengths are multiples of this (composer: start + k x this)")
@@ -136,6 +145,8 @@ class TrainConfig:
     )
 
     def __post_init__(self):
+        if self.start_len is None:
+            self.start_len = default_start_len(self.target_len)
         for name in ("start_len", "target_len", "tokens_per_step", "micro_batch_tokens", "eval_tokens"):
             if getattr(self, name) <= 0:
                 raise GrowLengthError(f"{name} must be positive, got {getattr(self, name)}")
