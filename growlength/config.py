@@ -76,7 +76,7 @@ class TrainConfig:
         None, "explicit stages LENGTH:SHARE,... e.g. 128:0.25,256:0.25,1024:0.5 (or 1/3 shares)"
     )
     start_len: int | None = option(
-        None, "first training length (doubling, auto, linear, root); default target_len / 64 (a power of two, >= 8)"
+        None, "first training length (doubling, auto, linear, root); default target_len / 64 (power of two, >= 8)"
     )
     target_len: int = option(1024, "final training length; must fit the model")
     ramp: float = option(0.3, "ramps: fraction of the budget over which the length grows")
