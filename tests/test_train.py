@@ -7,6 +7,7 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from growlength.checkpoint import list_checkpoints
+from growlength.schedule import lr_at
 from growlength.train import train
 
 
@@ -250,10 +251,17 @@ def test_auto_plans_its_stages_from_a_saved_profile_and_a_resume_never_replans(c
 
 def test_auto_measures_every_candidate_length_at_the_start(corpus, tmp_path):
     """Measuring is setup: not training time, so a seconds budget's LR warmup starts at the first step."""
-    cfg = tiny_config(corpus, schedule="auto", budget_steps=None, budget_seconds=3.0, evals=1)
+    cfg = tiny_config(corpus, schedule="auto", budget_steps=None, budget_seconds=3.0, warmup=0.9, evals=1)
     train(cfg, tmp_path / "run", show_progress=False)
     plan = json.loads((tmp_path / "run" / "auto-plan.json").read_text())
     assert set(plan["tokens_per_s"]) == {"64", "128", "256"} and all(v > 0 for v in plan["tokens_per_s"].values())
     steps, _ = records(tmp_path / "run")
     assert {r["seq_len"] for r in steps} <= {64, 128, 256} and steps[-1]["seq_len"] == 256
-    assert steps[0]["wall_s"] < plan["plan_s"] and steps[0]["lr"] < cfg.lr / 2
+
+    # the first LR is the warmup's at the step's own time; counting the measuring would have put it at
+    # plan_s or later: higher in the 2.7 s warmup, and after it at least the floor, 0.1 x peak
+    def lr_after(seconds):
+        return lr_at(seconds / 3.0, lr=cfg.lr, warmup=cfg.warmup, min_lr_ratio=cfg.min_lr_ratio)
+
+    assert steps[0]["wall_s"] < plan["plan_s"]
+    assert steps[0]["lr"] <= lr_after(steps[0]["wall_s"]) + 1e-12 < cfg.lr * cfg.min_lr_ratio
