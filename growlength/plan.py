@@ -160,16 +160,6 @@ def resolve_config(cfg: TrainConfig | None, out: Path, resume: bool) -> TrainCon
     return cfg
 
 
-def make_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise GrowLengthError(f"cannot write to {out}: {e.strerror}; choose another --out") from None
-
-
 def data_path(cfg: TrainConfig, world: dist.World) -> Path:
     """The prepared folder; the embedded corpus is prepared on first use, once per machine (by each
     node's local rank 0, into that machine's cache)."""

@@ -252,7 +252,7 @@ def _write_tokenizer(tokenizer, sources: list, out: Path, opts: PrepareOptions):
     created only after the training: an input with no text leaves nothing behind."""
     _check_writable(out)
     tokenizer = tokenizer or new_tokenizer(sources, opts)
-    _make_writable_dir(out)
+    make_out_dir(out)
     tokenizer.save(str(out / ".tokenizer.json.tmp"))
     os.replace(out / ".tokenizer.json.tmp", out / "tokenizer.json")
     return tokenizer
@@ -285,10 +285,11 @@ def _check_writable(out: Path) -> None:
         raise GrowLengthError(f"cannot write to {out} ({existing} is not a writable folder); choose another --out")
 
 
-def _make_writable_dir(out: Path) -> None:
+def make_out_dir(out: Path) -> None:
+    """Create out (and its parents) and prove it writable, or say which --out to change."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:

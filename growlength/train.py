@@ -28,11 +28,11 @@ from growlength.plan import (
     check_attention,
     data_path,
     device_for,
-    make_out_dir,
     plan_auto,
     preflight,
     resolve_config,
 )
+from growlength.prepare import make_out_dir
 from growlength.recipes import megatron_reshape
 from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at
 from growlength.steplog import log_step, progress_bar, update_bar

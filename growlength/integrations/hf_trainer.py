@@ -34,6 +34,7 @@ import torch
 from transformers import TrainerCallback
 
 from growlength.budget import check_lengths
+from growlength.config import TrainConfig
 from growlength.errors import GrowLengthError
 from growlength.schedule import LengthSchedule
 from growlength.tokens import Loader, open_tokens
@@ -49,8 +50,8 @@ class GrowLengthDataset(torch.utils.data.IterableDataset):
         args,
         *,
         tokens_per_batch: int,
-        block_tokens: int = 16384,
-        lanes: int = 1024,
+        block_tokens: int = TrainConfig.block_tokens,
+        lanes: int = TrainConfig.lanes,
     ):
         _check_args(args)
         self.tokens = open_tokens(data).train
