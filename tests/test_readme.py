@@ -4,6 +4,7 @@
 tests/test_hf_trainer.py run the same code for real.)"""
 
 import re
+import shlex
 from pathlib import Path
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -29,3 +30,32 @@ def test_readme_flags_exist():
     launchers = {"--standalone", "--nproc_per_node", "--num_processes"}  # torchrun's and accelerate's
     missing = [f for f in flags - {"--FLAG", *launchers} if f not in every_help]
     assert not missing
+
+
+def _doc_commands() -> list[tuple[str, list[str]]]:
+    """Every `growlength ...` line of a ```bash block in the README and docs/*.md (continuations
+    joined, comments dropped), but the synopsis lines, whose [optional] parts are not arguments."""
+    root = Path(__file__).parent.parent
+    found = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                argv = shlex.split(line, comments=True)
+                if argv[:1] == ["growlength"] and not any(a.startswith("[") or a == "..." for a in argv):
+                    found.append((doc.name, argv[1:]))
+    return found
+
+
+def test_doc_commands_parse_and_their_configs_load():
+    """The commands people copy from the docs: the CLI takes them, and a bench's config with its flags
+    loads (recipe names, sweep and every train key are checked as the bench checks them)."""
+    from growlength.cli import _overrides, _parser
+    from growlength.config import BenchConfig, TrainConfig, load_sections
+
+    commands = _doc_commands()
+    assert len({doc for doc, _ in commands}) >= 3 and sum(argv[0] == "bench" for _, argv in commands) >= 4
+    for _, argv in commands:
+        args = _parser().parse_args(argv)
+        if argv[0] == "bench":
+            config = Path(__file__).parent.parent / args.config if args.config else None
+            load_sections(config, _overrides(args, TrainConfig, BenchConfig), TrainConfig, BenchConfig)
