@@ -54,8 +54,11 @@ def test_doc_commands_parse_and_their_configs_load():
 
     commands = _doc_commands()
     assert len({doc for doc, _ in commands}) >= 3 and sum(argv[0] == "bench" for _, argv in commands) >= 4
-    for _, argv in commands:
-        args = _parser().parse_args(argv)
+    for doc, argv in commands:
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit:
+            raise AssertionError(f"{doc}: growlength {shlex.join(argv)} does not parse") from None
         if argv[0] == "bench":
             config = Path(__file__).parent.parent / args.config if args.config else None
             load_sections(config, _overrides(args, TrainConfig, BenchConfig), TrainConfig, BenchConfig)
