@@ -80,6 +80,10 @@ def main():
     )
     trainer.train(resume_from_checkpoint=True if opts.resume else None)
     trainer.save_model()
+    if torch.distributed.is_initialized():
+        # Under torchrun: a gloo group left alive at exit can abort the process (SIGABRT) as Python shuts down.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
