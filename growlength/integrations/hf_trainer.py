@@ -25,7 +25,9 @@ same data position and the schedule to the same stage.
 Under torchrun / `accelerate launch` with N processes, the dataset is one stream of micro-batches and
 accelerate hands process p the p-th of every N (whether it shards the stream or dispatches from
 process 0), so a step is gradient_accumulation_steps x N consecutive micro-batches at one length: the
-same tokens one process would read with N times the accumulation.
+same tokens one process would read with N times the accumulation. End such a script with a barrier
+and `torch.distributed.destroy_process_group()` (as examples/hf_trainer.py does): Trainer leaves the
+group alive, and a gloo group alive at interpreter exit can abort a rank with SIGABRT.
 """
 
 import itertools
