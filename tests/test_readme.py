@@ -43,22 +43,33 @@ def _doc_commands() -> list[tuple[str, list[str]]]:
                 argv = shlex.split(line, comments=True)
                 if argv[:1] == ["growlength"] and not any(a.startswith("[") or a == "..." for a in argv):
                     found.append((doc.name, argv[1:]))
+    # and the GPU script's commands, cut at their redirection: a typo there would waste a lent GPU's minutes
+    script = root / "scripts" / "device-bench.sh"
+    for line in script.read_text().replace("\\\n", " ").splitlines():
+        argv = shlex.split(line, comments=True)
+        if "growlength" in argv and argv[argv.index("growlength") - 1] == "-m":
+            argv = argv[argv.index("growlength") + 1 :]
+            found.append((script.name, argv[: argv.index("2>&1")]))
     return found
 
 
 def test_doc_commands_parse_and_their_configs_load():
-    """The commands people copy from the docs: the CLI takes them, and a bench's config with its flags
-    loads (recipe names, sweep and every train key are checked as the bench checks them)."""
+    """The commands people copy from the docs: the CLI takes them, their models exist, and a bench's
+    config with its flags loads (recipe names, sweep and every train key are checked as the bench checks them)."""
     from growlength.cli import _overrides, _parser
     from growlength.config import BenchConfig, TrainConfig, load_sections
+    from growlength.models import PRESETS
 
     commands = _doc_commands()
     assert len({doc for doc, _ in commands}) >= 3 and sum(argv[0] == "bench" for _, argv in commands) >= 4
+    assert [argv[0] for doc, argv in commands if doc == "device-bench.sh"] == ["profile", "bench"]
     for doc, argv in commands:
         try:
             args = _parser().parse_args(argv)
         except SystemExit:
             raise AssertionError(f"{doc}: growlength {shlex.join(argv)} does not parse") from None
+        model = getattr(args, "model", None)
+        assert model is None or model in PRESETS or model.endswith(".json"), f"{doc}: no model {model!r}"
         if argv[0] == "bench":
             config = Path(__file__).parent.parent / args.config if args.config else None
             load_sections(config, _overrides(args, TrainConfig, BenchConfig), TrainConfig, BenchConfig)
