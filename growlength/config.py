@@ -45,10 +45,14 @@ ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 
 
 def default_start_len(target_len: int) -> int:
-    """Where the default schedule starts: target_len / 64 rounded down to a power of two, at least 8
-    (2,048 -> 32, 8,192 -> 128, 1,000 -> 8). The arena's choice: at target 2,048 doubling from 32 ends
-    below doubling from 128, at 8,192 doubling from 128 wins (docs/arena.md)."""
-    return max(8, 1 << max(0, (target_len // 64).bit_length() - 1))
+    """Where the default schedule starts: target_len / 64 rounded down to a power of two, between 8 and 32.
+
+    >>> [default_start_len(t) for t in (256, 1000, 1024, 2048, 8192, 131072)]
+    [8, 8, 16, 32, 32, 32]
+
+    The arena's choice (docs/arena.md, "Tuning GrowLength"): starting shorter ended lower at both CPU
+    targets down to 32 (2,048: from 32 or 16 below from 128; 8,192: from 32 or 64 below 128 and 256)."""
+    return min(32, max(8, 1 << max(0, (target_len // 64).bit_length() - 1)))
 
 
 @dataclass(kw_only=True)
@@ -76,7 +80,7 @@ class TrainConfig:
         None, "explicit stages LENGTH:SHARE,... e.g. 128:0.25,256:0.25,1024:0.5 (or 1/3 shares)"
     )
     start_len: int | None = option(
-        None, "first training length (doubling, auto, linear, root); default target_len / 64 (power of two, >= 8)"
+        None, "first training length (doubling, auto, linear, root); default target_len / 64 (a power of 2, 8..32)"
     )
     target_len: int = option(1024, "final training length; must fit the model")
     ramp: float = option(0.3, "ramps: fraction of the budget over which the length grows")

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-CORE = ["bench", "buckets", "recipes", "schedule", "tokens"]
+CORE = ["bench", "buckets", "config", "recipes", "schedule", "tokens"]
 
 
 @pytest.mark.parametrize("name", CORE)
