@@ -32,21 +32,24 @@ def test_readme_flags_exist():
     assert not missing
 
 
+def _shell_lines(text: str) -> list[list[str]]:
+    """Each command line of shell text as its arguments: continuations joined, comments dropped."""
+    return [shlex.split(line, comments=True) for line in text.replace("\\\n", " ").splitlines()]
+
+
 def _doc_commands() -> list[tuple[str, list[str]]]:
-    """Every `growlength ...` line of a ```bash block in the README and docs/*.md (continuations
-    joined, comments dropped), but the synopsis lines, whose [optional] parts are not arguments."""
+    """Every `growlength ...` line of a ```bash block in the README and docs/*.md, but the synopsis
+    lines, whose [optional] parts are not arguments."""
     root = Path(__file__).parent.parent
     found = []
     for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
         for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
-            for line in block.replace("\\\n", " ").splitlines():
-                argv = shlex.split(line, comments=True)
+            for argv in _shell_lines(block):
                 if argv[:1] == ["growlength"] and not any(a.startswith("[") or a == "..." for a in argv):
                     found.append((doc.name, argv[1:]))
     # and the GPU script's commands, cut at their redirection: a typo there would waste a lent GPU's minutes
     script = root / "scripts" / "device-bench.sh"
-    for line in script.read_text().replace("\\\n", " ").splitlines():
-        argv = shlex.split(line, comments=True)
+    for argv in _shell_lines(script.read_text()):
         if "growlength" in argv and argv[argv.index("growlength") - 1] == "-m":
             argv = argv[argv.index("growlength") + 1 :]
             found.append((script.name, argv[: argv.index("2>&1")]))
