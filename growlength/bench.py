@@ -56,6 +56,12 @@ def seed_dir(out: Path, name: str, seed: int, phase: str = "") -> Path:
 
 def bench(base: TrainConfig, bench_cfg: BenchConfig, out: str | Path, *, show_progress: bool = True) -> dict:
     """Run the phases, then write bench.json, the plots and runs.tar.gz (every run's records)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise GrowLengthError(
+            "growlength bench runs its recipes one after another in one process: start it without torchrun "
+            "(CUDA_VISIBLE_DEVICES=0 growlength bench ...); to use more GPUs, start one bench per GPU, each "
+            "with its own --out and --runs or --seed"
+        )
     out, names, points = Path(out), bench_cfg.run_names(), parse_sweep(bench_cfg.sweep)
     crashes = _check_all(base, bench_cfg, names, points, out)
     out.mkdir(parents=True, exist_ok=True)

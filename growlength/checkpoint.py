@@ -160,24 +160,29 @@ def model_from_checkpoint(path: Path, model_cfg, device):
     return model.to(device).eval()
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore model, optimizer and RNG in place (model may be DDP- or FSDP-wrapped; every rank reads the
-    files); return the saved state (step, tokens, loader, ...). Files are read as data only
-    (safetensors and JSON): anything else in the folder is never opened."""
-    from growlength.dist import load_full_state
+def load_checkpoint(path: Path | None, model, optimizer) -> dict:
+    """Restore model, optimizer and RNG in place (model may be DDP- or FSDP-wrapped); return the saved
+    state (step, tokens, loader, ...). Files are read as data only (safetensors and JSON): anything
+    else in the folder is never opened. Under torchrun rank 0 alone reads the files (`path` is None on
+    the others): the state, tensors and RNG reach every rank by broadcast, so a resume holds one host
+    copy of the checkpoint, not one per rank."""
+    from growlength.dist import broadcast_json, broadcast_tensor, load_full_state
 
-    state = read_state(path)
+    state = broadcast_json(read_state(path) if path is not None else None)
     if any(isinstance(p, int) for group in state["param_groups"] for p in group["params"]):
         raise GrowLengthError(
             f"checkpoint {path} keys its optimizer state by index (growlength before 0.2): it cannot be "
             "resumed; eval and export still read it"
         )
-    weights = read_weights(path)
-    tensors = _read_safetensors(path / "trainer.safetensors")
-    load_full_state(model, optimizer, weights, _unflatten_optimizer(tensors, state["param_groups"]))
-    torch.set_rng_state(tensors["rng.cpu"])
-    if torch.cuda.is_available() and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    weights, optim_state, tensors = {}, {}, {}
+    if path is not None:
+        weights = read_weights(path)
+        tensors = _read_safetensors(path / "trainer.safetensors")
+        optim_state = _unflatten_optimizer(tensors, state["param_groups"])
+    load_full_state(model, optimizer, weights, optim_state)
+    torch.set_rng_state(broadcast_tensor(tensors.get("rng.cpu"), like=torch.get_rng_state()))
+    if torch.cuda.is_available() and broadcast_json("rng.cuda" in tensors if path is not None else None):
+        torch.cuda.set_rng_state(broadcast_tensor(tensors.get("rng.cuda"), like=torch.cuda.get_rng_state()))
     return state
 
 

@@ -37,6 +37,8 @@ RANGES = (
     ("grad_clip", 0.0, float("inf")),
     ("evals", 1, 10000),
     ("eval_every_tokens", 1, float("inf")),
+    ("checkpoint_every", 1, float("inf")),
+    ("loss_chunk_tokens", 0, float("inf")),
     ("seed", 0, 2**32 - 1),
 )
 
@@ -120,6 +122,9 @@ class TrainConfig:
         True, "also evaluate at every stage length trained so far (else: target only)"
     )
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
+    checkpoint_every: int | None = option(
+        None, "write a checkpoint every this many optimizer steps, and at the end (default: at each evaluation)"
+    )
     block_tokens: int = option(16384, "shuffle granularity: the train stream is shuffled in blocks of this")
     lanes: int = option(
         1024,
@@ -140,6 +145,11 @@ class TrainConfig:
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass")
     doc_mask: bool = option(
         False, "position ids restart at each document of a packed row, and attention stays inside it"
+    )
+    loss_chunk_tokens: int = option(
+        8192,
+        "the LM head and its fp32 cross-entropy run over at most this many tokens at a time, each piece "
+        "recomputed in the backward: the logits never take more than this x vocab x 4 bytes (0: all at once)",
     )
     compile: bool = option(
         False, "torch.compile the training step's model: one static graph per step shape (so per stage length)"

@@ -11,9 +11,10 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from growlength import dist
 from growlength.errors import GrowLengthError
+from growlength.loss import lm_loss
 from growlength.tokens import eval_windows
 
 
@@ -22,27 +23,27 @@ def autocast_context(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def lm_loss(model, inputs_BT: torch.Tensor, targets_BT: torch.Tensor, position_ids_BT=None) -> torch.Tensor:
-    """Mean next-token cross-entropy; the logits are upcast so bf16 runs lose no precision here.
-    Position ids that restart inside a row (tokens.doc_positions) keep attention inside each document."""
-    logits_BTV = model(input_ids=inputs_BT, position_ids=position_ids_BT, use_cache=False).logits
-    return F.cross_entropy(logits_BTV.float().flatten(0, 1), targets_BT.flatten())
-
-
 @torch.no_grad()
 def val_loss(model, val, seq_len: int, *, eval_tokens: int, micro_batch_tokens: int, device, autocast) -> float:
+    """Mean loss over the first eval_tokens val tokens in windows of seq_len. Under torchrun the passes
+    are dealt over the ranks (pass k to rank k mod ranks) and their sums added up; every rank runs as
+    many passes (one may score nothing in its last), since an FSDP forward is a collective."""
     inputs, targets = eval_windows(val, seq_len, eval_tokens)
     rows_per_pass = max(1, micro_batch_tokens // seq_len)
+    starts = range(0, len(inputs), rows_per_pass)
+    rank, ranks = dist.rank_and_size()
     was_training = model.training
     model.eval()
-    total = 0.0
-    for i in range(0, len(inputs), rows_per_pass):
-        x = torch.from_numpy(inputs[i : i + rows_per_pass]).to(device)
-        y = torch.from_numpy(targets[i : i + rows_per_pass]).to(device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for k in range(rank, -(-len(starts) // ranks) * ranks, ranks):
+        start = starts[k % len(starts)]
+        x = torch.from_numpy(inputs[start : start + rows_per_pass]).to(device)
+        y = torch.from_numpy(targets[start : start + rows_per_pass]).to(device)
         with autocast():
-            total += lm_loss(model, x, y).item() * y.numel()
+            loss = lm_loss(model, x, y)
+        total += loss.double() * y.numel() * (k < len(starts))
     model.train(was_training)
-    return total / targets.size
+    return dist.sum_over_ranks(total.item()) / targets.size
 
 
 def val_losses(model, val, lengths, **kwargs) -> dict[int, float]:

@@ -183,31 +183,26 @@ def build_model(
 ):
     """A freshly initialised causal LM, the same weights for the same seed (or the weights of the
     `init_from` folder, in fp32, under `config`), with the attention kernel asked for and (optionally)
-    activation checkpointing, both through transformers."""
+    activation checkpointing, both through transformers; in train mode. (`from_pretrained` returns a
+    model in eval mode, where transformers skips activation checkpointing and dropout.)"""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     if init_from:
-        return _with_checkpointing(
-            AutoModelForCausalLM.from_pretrained(
-                init_from,
-                config=config,
-                attn_implementation=attn_implementation,
-                dtype=torch.float32,
-                use_safetensors=True,
-                local_files_only=True,
-            ),
-            checkpointing,
+        model = AutoModelForCausalLM.from_pretrained(
+            init_from,
+            config=config,
+            attn_implementation=attn_implementation,
+            dtype=torch.float32,
+            use_safetensors=True,
+            local_files_only=True,
         )
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
-    return _with_checkpointing(model, checkpointing)
-
-
-def _with_checkpointing(model, checkpointing: bool):
+    else:
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     if checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    return model
+    return model.train()
 
 
 def set_rope(model, rope_parameters: dict) -> bool:
@@ -226,17 +221,38 @@ def set_rope(model, rope_parameters: dict) -> bool:
 
 
 def compile_model(model, lengths: int):
-    """torch.compile with static shapes: one graph per micro-batch shape, never a dynamic-shape graph.
-    A step shape gives at most two micro-batch shapes (full ones and a shorter last one), so dynamo's
-    recompile limit is raised to 2 x the schedule's lengths: a schedule of many lengths (a linear ramp
-    in steps of 8) then recompiles at each, and the run reports what that costs, instead of silently
-    falling back to eager code past the default limit of 8."""
-    import torch
+    """torch.compile each transformer block in place (torchtitan's per-block compile), with static shapes:
+    one graph per micro-batch shape, shared by every block. The rest stays eager, mask creation above all:
+    traced, transformers' `create_causal_mask` always builds a boolean mask (its check for packed
+    sequences cannot return early under tracing), and SDPA given a mask cannot take its causal flash
+    kernel; eager, it returns None and every block's SDPA runs `is_causal`. A step shape gives at most
+    two micro-batch shapes (full ones and a shorter last one), so dynamo's recompile limit is raised to
+    2 x the schedule's lengths: a schedule of many lengths (a linear ramp in steps of 8) then recompiles
+    at each, and the run reports what that costs, instead of silently falling back to eager code past
+    the default limit of 8. Evaluation runs eager (`eager`)."""
     import torch._dynamo.config as dynamo
 
     dynamo.recompile_limit = max(dynamo.recompile_limit, 2 * lengths)
     dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 2 * lengths)
-    return torch.compile(model, dynamic=False)
+    blocks = transformer_blocks(model)
+    if not blocks:
+        raise GrowLengthError(f"--compile: {type(model).__name__} names no transformer block class to compile")
+    for block in blocks:
+        block.compile(dynamic=False)
+    return model
+
+
+def transformer_blocks(model) -> list:
+    """The model's transformer blocks: the modules of the classes it lists in `_no_split_modules`."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [module for module in model.modules() if type(module).__name__ in names]
+
+
+def eager():
+    """A context in which compiled blocks run their eager code (evaluation: other shapes, no backward)."""
+    import torch
+
+    return torch.compiler.set_stance("force_eager")
 
 
 def compile_stats() -> tuple[int, float]:

@@ -192,22 +192,32 @@ def _check_corpus(data: TokenData, biggest: StepShape, target_len: int) -> None:
 
 
 def device_for(name: str) -> torch.device:
-    """The device for `auto`, `cpu` or `cuda`. On the CPU, subnormal floats are flushed to zero first
-    (see models.flush_denormals), before the first parallel op creates the worker threads. On CUDA,
-    before the first allocation: expandable segments (lengths that change from stage to stage then
-    reuse one growing segment instead of fragmenting the cache), unless the user set the allocator's
-    options; and TF32 for float32 matmuls (what is left in fp32 under bf16 autocast)."""
+    """The device for `auto`, `cpu` or `cuda`: on CUDA, this process's GPU, `cuda:LOCAL_RANK` (torchrun
+    gives each process its own; without torchrun 0), made the current device before anything touches
+    CUDA, as torchtitan does, so each rank's model, batches and nccl communicator land on its own GPU.
+    On the CPU, subnormal floats are flushed to zero first (see models.flush_denormals), before the
+    first parallel op creates the worker threads. On CUDA, before the first allocation: expandable
+    segments (lengths that change from stage to stage then reuse one growing segment instead of
+    fragmenting the cache), unless the user set the allocator's options; and TF32 for float32 matmuls
+    (what is left in fp32 under bf16 autocast)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise GrowLengthError("device cuda asked for, but torch sees no GPU: use --device cpu")
     if name == "cpu":
         flush_denormals()
-    else:
-        if not {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"} & set(os.environ):
-            os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
-        torch.set_float32_matmul_precision("high")
-    return torch.device(name)
+        return torch.device("cpu")
+    if not {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"} & set(os.environ):
+        os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_rank >= torch.cuda.device_count():
+        raise GrowLengthError(
+            f"LOCAL_RANK {local_rank} but torch sees {torch.cuda.device_count()} GPUs: start at most one "
+            "process per GPU (torchrun --nproc_per_node)"
+        )
+    torch.cuda.set_device(local_rank)
+    torch.set_float32_matmul_precision("high")
+    return torch.device("cuda", local_rank)
 
 
 def check_attention(name: str, device: torch.device) -> None:

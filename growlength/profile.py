@@ -56,14 +56,14 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
                 bare[shape.seq_len].append(bare_s)
         bar.close()
         started = time.perf_counter()
-        checkpoint(run, last_eval={})
+        checkpoint(run)
         checkpoint_s = time.perf_counter() - started
         loader_tps = _loader_tokens_per_s(run, shapes[0])
         run.trackers.close()
     report = _report(run.model, shapes, ours, bare, peak, first, checkpoint_s, loader_tps, run.device)
-    if run.peak_flops:  # MFU at each length, where the device's peak is known (or given)
+    if run.peak_flops:  # MFU at each length, where the device's peak is known (or given), per device
         for row in report["lengths"]:
-            row["mfu"] = row["tokens_per_s"] * run.flops_by_len[row["seq_len"]] / run.peak_flops
+            row["mfu"] = row["tokens_per_s"] * run.flops_by_len[row["seq_len"]] / (run.peak_flops * run.world.size)
     if cfg.doc_mask:  # what the block-diagonal mask costs where every row crosses a document boundary
         model = dist.unwrap(run.model)
         plain = measure_tokens_per_s(model, shapes, run.device, run.autocast, rounds)
@@ -100,7 +100,7 @@ def measure_tokens_per_s(
 def _backward(model, ids_BT: torch.Tensor, shape, autocast, positions_BT=None) -> None:
     """Forward and backward over a step's micro-batches of these rows (each row seq_len + 1 tokens),
     each loss weighted by its share of the rows, as the training step does."""
-    from growlength.evaluate import lm_loss
+    from growlength.loss import lm_loss
 
     for micro in range(shape.accum):
         rows = ids_BT[micro * shape.micro_rows : (micro + 1) * shape.micro_rows]
@@ -141,7 +141,7 @@ def _stages(lengths: list[int]) -> str:
 
 def _bare_step(run, shape) -> float:
     """The same model, batch shape and optimizer with nothing else: the floor our step is held to."""
-    model, device = run.step_model, run.device
+    model, device = run.model, run.device
     x = torch.randint(0, dist.unwrap(run.model).config.vocab_size, (shape.rows, shape.seq_len + 1), device=device)
     started = time.perf_counter()
     _backward(model, x, shape, run.autocast)

@@ -32,8 +32,9 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
         "tokens_per_s": round(shape.tokens / max(step_s, 1e-9), 1),
         "stage": p.seq_lens.index(shape.seq_len) + 1,
     }
-    if run.peak_flops:
-        record["mfu"] = round(record["tokens_per_s"] * run.flops_by_len[shape.seq_len] / run.peak_flops, 4)
+    if run.peak_flops:  # tokens/s is every rank's together, the peak one device's
+        flops_per_s = record["tokens_per_s"] * run.flops_by_len[shape.seq_len]
+        record["mfu"] = round(flops_per_s / (run.peak_flops * run.world.size), 4)
     if run.cfg.compile:
         record.update(_compile_record(run))
     if run.device.type == "cuda":  # this step's peak (a stage's is the largest of its steps')

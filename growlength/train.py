@@ -5,6 +5,7 @@ loop:  progress -> seq_len and lr -> batch -> forward/backward over micro-batche
        -> log -> (eval + checkpoint when due).
 """
 
+import contextlib
 import math
 import sys
 import time
@@ -21,9 +22,10 @@ from growlength.budget import StepShape
 from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from growlength.config import TrainConfig, save_config
 from growlength.errors import GrowLengthError
-from growlength.evaluate import autocast_context, lm_loss, val_losses
+from growlength.evaluate import autocast_context, val_losses
 from growlength.flops import device_name, flops_per_token, peak_flops
-from growlength.models import build_model, compile_model, compile_stats, count_params, set_rope
+from growlength.loss import bound_logits, lm_loss
+from growlength.models import build_model, compile_model, compile_stats, count_params, eager, set_rope
 from growlength.plan import (
     check_attention,
     data_path,
@@ -58,7 +60,20 @@ class Progress:
     planned_tokens_per_s: dict[str, float] = field(default_factory=dict)  # what --schedule auto planned from
 
 
-@dataclass
+@dataclass(frozen=True)
+class Ahead:
+    """A batch read ahead for the step shape the next step was expected to take, and the loader's state
+    before the read: a checkpoint saves that state, and a wrong guess puts it back, so reading ahead
+    never changes which tokens a step trains on."""
+
+    shape: StepShape
+    loader_state: dict
+    cursor: int  # the loader's tokens read before it
+    inputs_BT: torch.Tensor
+    targets_BT: torch.Tensor
+
+
+@dataclass(kw_only=True)
 class Run:
     cfg: TrainConfig
     out: Path
@@ -71,12 +86,13 @@ class Run:
     loader: Loader | BucketLoader
     device: torch.device
     world: dist.World
-    progress: Progress
-    trackers: Trackers | NoTrackers
+    progress: Progress = field(default_factory=Progress)
+    trackers: Trackers | NoTrackers = field(default_factory=NoTrackers)
     last_eval: dict = field(default_factory=dict)
+    checkpointed_step: int = -1  # the step of the newest checkpoint this run wrote or resumed from
+    ahead: Ahead | None = None  # the next step's batch, read while the device finished this step
     flops_by_len: dict[int, float] = field(default_factory=dict)  # training FLOPs per token
     peak_flops: float | None = None  # the device's, for MFU; None where unknown
-    step_model: torch.nn.Module | None = None  # what the training step calls: the model, or it compiled
     compile_seen: tuple[int, float] = (0, 0.0)  # compile_stats() at the last logged step
     rope_at: Callable[[int], dict] | None = None  # seq_len -> RoPE parameters (the position policy)
 
@@ -112,10 +128,15 @@ def _loop(run: Run, show_progress: bool) -> dict:
         update_bar(bar, run, record)
         if eval_count(run) > p.evals:
             evaluate(run)
+        if checkpoint_due(run):
+            checkpoint(run)
     bar.close()
-    last_eval = evaluate(run) if p.last_eval_step != p.step else run.last_eval
+    if p.last_eval_step != p.step:
+        evaluate(run)
+    if p.step > 0 and run.checkpointed_step != p.step:
+        checkpoint(run)
     dist.shutdown()
-    return last_eval
+    return run.last_eval
 
 
 def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
@@ -123,53 +144,46 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     cfg = resolve_config(cfg, out, resume)
     device = device_for(cfg.device)
     check_attention(cfg.attn_implementation, device)
-    world = dist.init(device.type)
+    world = dist.init(device)
     plan = preflight(cfg, data_path(cfg, world), world.size)
-    data, schedule, budget, shapes = plan.data, plan.schedule, plan.budget, plan.shapes
     make_out_dir(out)
     model = build_model(
         plan.model_cfg, cfg.seed, cfg.attn_implementation, cfg.activation_checkpointing, init_from=cfg.init_from
     )
-    model = model.to(device)
     n_params = count_params(model)
-    flops_by_len = {s.seq_len: flops_per_token(model, s.seq_len) for s in shapes}
-    model = dist.wrap(model, world, device, cfg.parallel)
-    step_model = compile_model(model, len(shapes)) if cfg.compile else model
-    optimizer = _optimizer(model, cfg, device)
-    loader = _loader(plan, cfg, world)
-    progress, last_eval = _restore(out, model, optimizer, loader) if resume else (Progress(), {})
-    trackers = NoTrackers()
-    if world.is_main:
-        save_config(cfg, out / "config.yaml")
-        trackers = Trackers(out, tracker_names(cfg.log_to), step=progress.step, config=cfg.to_dict())
-        lengths = [s.seq_len for s in shapes]
-        shown = lengths if len(lengths) <= 8 else f"{lengths[0]}..{lengths[-1]} ({len(lengths)} lengths)"
-        print(
-            f"model {cfg.model}: {n_params / 1e6:.2f}M parameters on {device}; schedule "
-            f"{cfg.schedule} {shown}; budget {budget.total:g} {budget.unit}"
-        )
-    shape_by_len = {s.seq_len: s for s in shapes}
+    flops_by_len = {s.seq_len: flops_per_token(model, s.seq_len) for s in plan.shapes}
+    bound_logits(model, cfg.loss_chunk_tokens)
+    if cfg.compile:
+        compile_model(model, len(plan.shapes))
+    model = dist.wrap(model, world, device, cfg.parallel)  # built on the CPU, moved (or sharded) onto the device
     run = Run(
-        cfg,
-        out,
-        data,
-        schedule,
-        budget,
-        shape_by_len,
-        model,
-        optimizer,
-        loader,
-        device,
-        world,
-        progress,
-        trackers,
-        last_eval=last_eval,
+        cfg=cfg,
+        out=out,
+        data=plan.data,
+        schedule=plan.schedule,
+        budget=plan.budget,
+        shapes={s.seq_len: s for s in plan.shapes},
+        model=model,
+        optimizer=_optimizer(model, cfg, device),
+        loader=_loader(plan, cfg, world),
+        device=device,
+        world=world,
         flops_by_len=flops_by_len,
         peak_flops=peak_flops(device_name(device), cfg.peak_tflops),
-        step_model=step_model,
         rope_at=plan.rope_at,
         compile_seen=compile_stats() if cfg.compile else (0, 0.0),
     )
+    if resume:
+        _restore(run)
+    if world.is_main:
+        save_config(cfg, out / "config.yaml")
+        run.trackers = Trackers(out, tracker_names(cfg.log_to), step=run.progress.step, config=cfg.to_dict())
+        lengths = [s.seq_len for s in plan.shapes]
+        shown = lengths if len(lengths) <= 8 else f"{lengths[0]}..{lengths[-1]} ({len(lengths)} lengths)"
+        print(
+            f"model {cfg.model}: {n_params / 1e6:.2f}M parameters on {device}; schedule "
+            f"{cfg.schedule} {shown}; budget {plan.budget.total:g} {plan.budget.unit}"
+        )
     if cfg.schedule == "auto":
         plan_auto(run)
     return run
@@ -184,26 +198,29 @@ def _loader(plan, cfg: TrainConfig, world: dist.World) -> Loader | BucketLoader:
 
 
 def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float]:
-    """One optimizer step: accumulate gradients over micro-batches, clip, set the LR, step.
+    """One optimizer step: accumulate gradients over micro-batches, clip, set the LR, step; then, while
+    the device works through what was queued, read the next step's batch; then wait for the loss.
     Returns the mean loss and the LR used."""
-    inputs, targets = read_batch(run.loader, shape)
+    inputs_BT, targets_BT = take_batch(run, shape)
     total = torch.zeros((), device=run.device)
     for micro in range(shape.accum):
         rows = slice(micro * shape.micro_rows, (micro + 1) * shape.micro_rows)
-        x = torch.from_numpy(inputs[rows]).to(run.device, non_blocking=True)
-        y = torch.from_numpy(targets[rows]).to(run.device, non_blocking=True)
-        positions = _doc_positions(run, inputs[rows])
+        x = inputs_BT[rows].to(run.device, non_blocking=True)
+        y = targets_BT[rows].to(run.device, non_blocking=True)
+        positions = _doc_positions(run, inputs_BT[rows])
         # Weight by rows so a short last micro-batch counts for what it holds: the sum is the step's mean.
-        weight = len(x) / len(inputs)
-        with dist.no_sync(run.model, micro == shape.accum - 1), run.autocast():
-            loss = lm_loss(run.step_model, x, y, positions) * weight
+        weight = len(x) / len(inputs_BT)
+        with dist.no_sync(run.model, micro, shape.accum), run.autocast():
+            loss = lm_loss(run.model, x, y, positions) * weight
             loss.backward()
         total += loss.detach()  # on the device: one sync per step, below
     if run.cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
-    lr = set_lr(run, _fraction_after_step(run, shape, started))
+    fraction = _fraction_after_step(run, shape, started)
+    lr = set_lr(run, fraction)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
+    read_ahead(run, run.shapes[run.schedule.seq_len_at(fraction, run.progress.step + 1)])
     loss = dist.mean_over_ranks(total.item())
     if not math.isfinite(loss):
         raise GrowLengthError(
@@ -213,11 +230,47 @@ def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float
     return loss, lr
 
 
-def _doc_positions(run: Run, inputs_BT: np.ndarray) -> torch.Tensor | None:
+def take_batch(run: Run, shape: StepShape) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's (inputs, targets) of a step at `shape`: the batch read ahead if it was read for this
+    shape; else (a seconds budget that changed length a step sooner than guessed) the loader goes back
+    to where it was before reading ahead, and reads for the shape the step has."""
+    ahead, run.ahead = run.ahead, None
+    if ahead is not None:
+        if ahead.shape == shape:
+            return ahead.inputs_BT, ahead.targets_BT
+        run.loader.load_state_dict(ahead.loader_state)
+    return _host_batch(run, *read_batch(run.loader, shape))
+
+
+def read_ahead(run: Run, shape: StepShape) -> None:
+    """Read the batch of the step expected next (its length from the progress this step ends at, as the
+    loop will compute it: exact for step and token budgets) while the device computes this one."""
+    state, cursor = run.loader.state_dict(), run.loader.cursor
+    run.ahead = Ahead(shape, state, cursor, *_host_batch(run, *read_batch(run.loader, shape)))
+
+
+def loader_state(run: Run) -> dict:
+    """The loader's state as of the last step trained (before any read ahead)."""
+    return run.ahead.loader_state if run.ahead is not None else run.loader.state_dict()
+
+
+def data_tokens(run: Run) -> int:
+    """Tokens the loader has read for the steps trained (before any read ahead)."""
+    return run.ahead.cursor if run.ahead is not None else run.loader.cursor
+
+
+def _host_batch(run: Run, inputs_BT: np.ndarray, targets_BT: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU tensors of a batch, in pinned memory on CUDA: their copies to the device then run async."""
+    pin = run.device.type == "cuda"
+    tensors = (torch.from_numpy(inputs_BT), torch.from_numpy(targets_BT))
+    return tuple(t.pin_memory() if pin else t for t in tensors)
+
+
+def _doc_positions(run: Run, inputs_BT: torch.Tensor) -> torch.Tensor | None:
     """With --doc-mask, position ids restarting at each document (None: 0 .. seq_len - 1 in every row)."""
     if not run.cfg.doc_mask:
         return None
-    positions_BT = doc_positions(inputs_BT, int(run.data.meta["eos_id"]))
+    positions_BT = doc_positions(inputs_BT.numpy(), int(run.data.meta["eos_id"]))
     return torch.from_numpy(positions_BT).to(run.device, non_blocking=True)
 
 
@@ -296,18 +349,20 @@ def eval_count(run: Run) -> int:
 
 
 def evaluate(run: Run) -> dict:
-    """Val loss at the target length and at every stage length seen; then a checkpoint."""
+    """Val loss at the target length and at every stage length seen (each rank scoring its share of
+    the windows), logged by rank 0."""
     p, cfg = run.progress, run.cfg
     started = time.perf_counter()
-    by_len = val_losses(
-        dist.unwrap(run.model),
-        run.data.val,
-        _eval_lengths(run),
-        eval_tokens=cfg.eval_tokens,
-        micro_batch_tokens=cfg.micro_batch_tokens,
-        device=run.device,
-        autocast=run.autocast,
-    )
+    with eager() if cfg.compile else contextlib.nullcontext():
+        by_len = val_losses(
+            dist.unwrap(run.model),
+            run.data.val,
+            _eval_lengths(run),
+            eval_tokens=cfg.eval_tokens,
+            micro_batch_tokens=cfg.micro_batch_tokens,
+            device=run.device,
+            autocast=run.autocast,
+        )
     p.evals, p.last_eval_step = eval_count(run), p.step
     record = {
         "step": p.step,
@@ -315,39 +370,45 @@ def evaluate(run: Run) -> dict:
         "seq_len": p.seq_lens[-1] if p.seq_lens else run.schedule.seq_len_at(0.0),
         "wall_s": round(p.seconds, 3),
         "val_loss": by_len[cfg.target_len],
-        "data_tokens": run.loader.cursor,
+        "data_tokens": data_tokens(run),
         "val_loss_by_len": {str(k): v for k, v in by_len.items()},
         "eval_s": round(time.perf_counter() - started, 3),
     }
     run.trackers.write(record)
-    if p.step > 0:
-        checkpoint(run, record)
-    dist.barrier()
     run.last_eval = record
     return record
 
 
-def checkpoint(run: Run, last_eval: dict) -> None:
+def checkpoint_due(run: Run) -> bool:
+    """Every checkpoint_every steps; without it, at each evaluation (but the first, of the untrained model)."""
+    p, every = run.progress, run.cfg.checkpoint_every
+    if p.step == 0 or run.checkpointed_step == p.step:
+        return False
+    return p.step % every == 0 if every else p.last_eval_step == p.step
+
+
+def checkpoint(run: Run) -> None:
     """Gather the full state (every rank takes part: FSDP gathers shards) and write it from rank 0."""
     model_state, optim_state = dist.full_state(run.model, run.optimizer)
-    if not run.world.is_main:
-        return
-    state = {
-        "progress": asdict(run.progress),
-        "loader": run.loader.state_dict(),
-        "config": run.cfg.to_dict(),
-        "tokenizer_sha256": run.data.meta["tokenizer_sha256"],
-        "last_eval": last_eval,
-    }
-    save_checkpoint(
-        run.out,
-        step=run.progress.step,
-        model_state=model_state,
-        optim_state=optim_state,
-        model_config=dist.unwrap(run.model).config,
-        state=state,
-        keep=run.cfg.keep_checkpoints,
-    )
+    if run.world.is_main:
+        state = {
+            "progress": asdict(run.progress),
+            "loader": loader_state(run),
+            "config": run.cfg.to_dict(),
+            "tokenizer_sha256": run.data.meta["tokenizer_sha256"],
+            "last_eval": run.last_eval,
+        }
+        save_checkpoint(
+            run.out,
+            step=run.progress.step,
+            model_state=model_state,
+            optim_state=optim_state,
+            model_config=dist.unwrap(run.model).config,
+            state=state,
+            keep=run.cfg.keep_checkpoints,
+        )
+    run.checkpointed_step = run.progress.step
+    dist.barrier()
 
 
 def _eval_lengths(run: Run) -> list[int]:
@@ -372,13 +433,18 @@ def _optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
 
 
-def _restore(out: Path, model, optimizer, loader: Loader | BucketLoader) -> tuple[Progress, dict]:
-    """Progress and last eval record of the newest good checkpoint; model, optimizer, loader restored."""
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is None:
-        print(f"no checkpoint in {out}: starting from the beginning")
-        return Progress(), {}
-    state = load_checkpoint(checkpoint, model, optimizer)
-    loader.load_state_dict(state["loader"])
-    print(f"resuming from {checkpoint} (step {state['progress']['step']}, {state['progress']['tokens']:,} tokens)")
-    return Progress(**state["progress"]), state["last_eval"]
+def _restore(run: Run) -> None:
+    """Progress and last eval record of the newest good checkpoint; model, optimizer, loader restored.
+    Rank 0 alone looks for it and verifies its checksums; the others follow rank 0's choice."""
+    found = latest_checkpoint(run.out) if run.world.is_main else None
+    found = dist.broadcast_json(str(found) if found else None)
+    if found is None:
+        if run.world.is_main:
+            print(f"no checkpoint in {run.out}: starting from the beginning")
+        return
+    state = load_checkpoint(Path(found) if run.world.is_main else None, run.model, run.optimizer)
+    run.loader.load_state_dict(state["loader"])
+    run.progress, run.last_eval = Progress(**state["progress"]), state["last_eval"]
+    run.checkpointed_step = run.progress.step
+    if run.world.is_main:
+        print(f"resuming from {found} (step {run.progress.step}, {run.progress.tokens:,} tokens)")

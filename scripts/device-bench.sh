@@ -1,33 +1,51 @@
 #!/usr/bin/env bash
-# The GPU reference, as one prepared script for a lent H200 (the `device` tool), whose image already
-# holds torch, transformers, tokenizers, safetensors, tqdm, matplotlib and pyyaml. About 6 minutes;
-# each part has its own time limit so the whole stays under 8.
+# The GPU reference, as one prepared script for a lent H200 (the `device` tool). It uses that machine's
+# own packages: torch 2.11 and transformers 5.17 (not this project's pins, which it cannot install: no
+# package index there), tokenizers, safetensors, numpy, tqdm, pyyaml, matplotlib, tensorboard, pytest,
+# all in its image; nothing is installed. About 6.5 minutes, each part under its own time limit (7 in
+# all, a cold compile included), so that a rerun still fits in the 15 minutes of device time.
 #
 # Here, first (the GPU machine cannot fetch the corpus package):
 #   .venv/bin/growlength prepare --out runs/data-gpu --vocab-size 8192
-# Then run this script there with runs/data-gpu carried. At most 8 files come back from $OUT:
-#   device.txt  pytest-gpu.log  profile-160m.json  profile-160m.log  bench-70m.json  bench-70m.log  bench-70m.png
+# Then, with the device tool: run `bash scripts/device-bench.sh` with carry ["runs/data-gpu"].
+# Each part writes its files as soon as it ends (a later failure or timeout loses nothing); 8 files
+# come back from $OUT, none in a folder:
+#   device.txt           nvidia-smi, versions, pip list, and a line for each part that failed
+#   pytest-gpu.log       the GPU-only tests (pytest -m gpu)
+#   profile-eager.json   Pythia-160m's shape at 128 ... 8192, 65,536 tokens a step: tokens/s, MFU, peak MB
+#   profile-compiled.json  the same with --compile at 128, 512, 2048, 8192
+#   profile.log          both profiles' tables
+#   bench.json, bench.log, bench.png   fixed 8192 against the default schedule (32 -> 8192), 30 s each
 set -uo pipefail
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())" \
-  | tee "$OUT/device.txt"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+DATA=runs/data-gpu
+failed() { echo "part failed or ran out of time: $1 (see its log)" | tee -a "$OUT/device.txt"; }
 
-# 1. The GPU-only tests: a bf16 run logging peak memory and MFU, --compile's graph count on CUDA, the
-#    cpu:gloo,cuda:nccl group running every collective. pytest may be missing from the image: say so.
-GROWLENGTH_TEST_DATA=runs/data-gpu timeout 180 python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 \
-  | tee "$OUT/pytest-gpu.log" || echo "pytest -m gpu failed or could not run: see pytest-gpu.log" | tee -a "$OUT/device.txt"
+VERSIONS="import torch, transformers as t; print('torch', torch.__version__, t.__version__, torch.cuda.get_device_name())"
+{ nvidia-smi; python3 -c "$VERSIONS"; python3 -m pip list 2>/dev/null; } > "$OUT/device.txt" 2>&1
+[ -f "$DATA/meta.json" ] || failed "no $DATA: prepare it here and carry it"
 
-# 2. Pythia-160m's shape at 128 ... 8192, 65,536 tokens per step, bf16: tokens/s, MFU, peak memory per length.
-timeout 150 python3 -m growlength profile --model pythia-160m-8k --data runs/data-gpu --device cuda \
-  --start-len 128 --target-len 8192 --tokens-per-step 65536 --micro-batch-tokens 65536 --block-tokens 65536 \
-  --rounds 4 --quiet --out "$OUT/profile-160m.json" 2>&1 | tee "$OUT/profile-160m.log" \
-  || echo "profile failed or ran out of time: see profile-160m.log" | tee -a "$OUT/device.txt"
+# 1. The GPU-only tests: bf16 + fused AdamW + peak memory + MFU, compile's graphs, the flash kernel
+#    reached eager and compiled, the cpu:gloo,cuda:nccl group.
+GROWLENGTH_TEST_DATA=$DATA timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
+  > "$OUT/pytest-gpu.log" 2>&1 || failed "pytest -m gpu"
 
-# 3. A short arena on Pythia-70m's shape: the baseline, GrowLength and the best CPU peers, 30 s each.
-timeout 240 python3 -m growlength bench --config configs/bench-gpu-70m.yaml --data runs/data-gpu \
-  --runs fixed-target,growlength,dd,deepspeed --budget-seconds 30 --evals 6 --out runs/bench-70m --quiet 2>&1 \
-  | tee "$OUT/bench-70m.log" || echo "bench failed or ran out of time: see bench-70m.log" | tee -a "$OUT/device.txt"
-cp runs/bench-70m/bench.json "$OUT/bench-70m.json" 2>/dev/null || true
-cp runs/bench-70m/bench-loss.png "$OUT/bench-70m.png" 2>/dev/null || true
+# 2. Throughput, MFU and peak memory by length, eager, then compiled (each length compiles once, cold).
+timeout 60 python3 -m growlength profile --model pythia-160m-8k --data "$DATA" --device cuda --target-len 8192 \
+  --tokens-per-step 65536 --micro-batch-tokens 65536 --block-tokens 65536 --log-to none --start-len 128 \
+  --rounds 3 --quiet --out "$OUT/profile-eager.json" >> "$OUT/profile.log" 2>&1 || failed "profile eager"
+timeout 130 python3 -m growlength profile --model pythia-160m-8k --data "$DATA" --device cuda --target-len 8192 \
+  --tokens-per-step 65536 --micro-batch-tokens 65536 --block-tokens 65536 --log-to none --compile \
+  --lengths 128,512,2048,8192 --rounds 3 --quiet --out "$OUT/profile-compiled.json" >> "$OUT/profile.log" 2>&1 \
+  || failed "profile compiled"
+
+# 3. Equal time at target 8192, bf16: the fixed-length baseline against the default schedule.
+timeout 140 python3 -m growlength bench --model pythia-160m-8k --data "$DATA" --device cuda --target-len 8192 \
+  --tokens-per-step 131072 --micro-batch-tokens 65536 --block-tokens 65536 --lr 6e-4 --budget-seconds 30 \
+  --evals 4 --eval-tokens 65536 --runs fixed-target,growlength --repeats 1 --extrapolate 1024,4096,8192 \
+  --log-to none --out runs/bench-gpu --quiet > "$OUT/bench.log" 2>&1 || failed "bench"
+cp runs/bench-gpu/bench.json "$OUT/bench.json" 2>/dev/null
+cp runs/bench-gpu/bench-loss.png "$OUT/bench.png" 2>/dev/null
+exit 0

@@ -137,3 +137,27 @@ def test_a_bad_recipe_config_fails_before_any_run(corpus, tmp_path):
     with pytest.raises(GrowLengthError, match="bench run growlength: .* at seq_len \\[128\\]"):
         bench(base, BenchConfig(runs="fixed-target,growlength"), tmp_path / "b", show_progress=False)
     assert not (tmp_path / "b").exists()
+
+
+def test_bench_under_torchrun_is_refused_in_one_line_before_any_work(corpus, tmp_path, monkeypatch, capsys):
+    """Under torchrun every rank would run every recipe, prepare the corpus into one cache folder and
+    write one report, and each recipe's end would tear down the group the next one needs."""
+    from growlength.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "bench"
+    args = [
+        "bench",
+        "--data",
+        str(corpus),
+        "--model",
+        "tiny",
+        "--runs",
+        "fixed-target,growlength",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "without torchrun" in error and "one bench per GPU" in error
+    assert not out.exists()

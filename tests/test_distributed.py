@@ -55,10 +55,14 @@ def runs(corpus, tmp_path_factory):
         [sys.executable, RECORD, *train_args(config_path, single)[2:]], env=CHILD_ENV, capture_output=True
     )
     assert one.returncode == 0, one.stderr[-2000:]
-    result = torchrun(config_path, tmp / "two", 2)
+    result = torchrun(config_path, tmp / "two", 2, "--peak-tflops", "0.001")  # a made-up peak: MFU is logged
     fsdp = torchrun(config_path, tmp / "fsdp", 2, "--parallel", "fsdp", script=RECORD)
     assert fsdp.returncode == 0, fsdp.stderr[-2000:]
     return single, tmp / "two", result, tmp / "fsdp"
+
+
+def ranks(run_dir, rank):
+    return json.loads((run_dir / f"ranks-rank{rank}.json").read_text())
 
 
 def test_two_ranks_match_one_process(runs):
@@ -68,6 +72,39 @@ def test_two_ranks_match_one_process(runs):
     assert [r[:3] for r in one] == [r[:3] for r in two]  # same steps, lengths and global rows
     assert len({r[1] for r in two}) == 3  # the lengths really changed under torchrun
     assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(one, two, strict=True))
+    # each rank scored half the val windows: the sums make the 1-process val loss
+    one_evals, two_evals = val_records(single), val_records(double)
+    assert len(one_evals) == len(two_evals) == 3
+    for a, b in zip(one_evals, two_evals, strict=True):
+        assert a.keys() == b.keys() and all(abs(a[n] - b[n]) < 1e-4 for n in a)
+
+
+def val_records(run_dir):
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["val_loss_by_len"] for r in lines if "val_loss" in r]
+
+
+def test_mfu_on_two_ranks_is_per_device(runs):
+    """tokens_per_s counts both ranks' tokens; the peak is one device's: MFU divides by the ranks (on 8
+    GPUs at 40% it would otherwise read ~320%)."""
+    from growlength.checkpoint import model_from_checkpoint
+    from growlength.flops import flops_per_token
+
+    _, double, result, _ = runs
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = model_from_checkpoint(list_checkpoints(double)[-1], _model_config(double), "cpu")
+    steps = [json.loads(line) for line in (double / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "loss" in r]
+    assert len(steps) == 12
+    for r in steps:
+        expected = r["tokens_per_s"] * flops_per_token(model, r["seq_len"]) / (1e9 * 2)
+        assert r["mfu"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
+
+
+def _model_config(run_dir):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(list_checkpoints(run_dir)[-1]))
 
 
 def test_the_process_group_shuts_down_cleanly(runs):
@@ -82,12 +119,29 @@ def test_resume_on_another_number_of_ranks(runs, tmp_path):
     single, _, _, _ = runs
     moved = tmp_path / "moved"
     cut_back_to_first_checkpoint(single, moved)
-    result = torchrun(moved / "config.yaml", moved, 2, "--resume")
+    result = torchrun(moved / "config.yaml", moved, 2, "--resume", script=RECORD)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "resuming from" in result.stdout
+    assert result.stdout.count("resuming from") == 1
     one, resumed = losses(single), losses(moved)
     assert [r[:3] for r in one] == [r[:3] for r in resumed]
     assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(one, resumed, strict=True))
+    # rank 0 alone verified and read the checkpoint; rank 1 got it by broadcast
+    read = ranks(moved, 0)["read"]
+    assert {"step_00000006", "model.safetensors", "trainer.safetensors"} <= set(read)  # state, checksums, tensors
+    assert ranks(moved, 1)["read"] == []
+
+
+def test_fsdp_gathers_the_weights_once_a_step_over_its_micro_batches(corpus, tmp_path):
+    """Two micro-batches per rank and step: each FSDP unit (2 blocks and the root) is gathered once for the
+    step's first forward and kept until its last backward, not once per forward and backward."""
+    cfg = tiny_config(corpus, budget_steps=4, evals=1, eval_tokens=1024, micro_batch_tokens=512)
+    save_config(cfg, tmp_path / "config.yaml")
+    result = torchrun(tmp_path / "config.yaml", tmp_path / "run", 2, "--parallel", "fsdp", script=RECORD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r[2] for r in losses(tmp_path / "run")] == [32, 32, 16, 8]  # rows at 64, 64, 128, 256
+    for rank in (0, 1):
+        # (the first step finds the root still gathered from the step-0 evaluation's forward)
+        assert ranks(tmp_path / "run", rank)["gathers"] in ([3, 3, 3, 3], [2, 3, 3, 3])
 
 
 def test_ranks_read_disjoint_halves_of_each_step(runs):

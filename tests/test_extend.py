@@ -91,3 +91,23 @@ def test_init_from_refuses_another_tokenizer_and_other_weight_formats(exported, 
         train(tiny_config(other, init_from=str(pickled), target_len=128), tmp_path / "b", show_progress=False)
     with pytest.raises(GrowLengthError, match="rope_scaling yarn needs --init-from"):
         tiny_config(other, rope_scaling="yarn")
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_init_from_trains_in_train_mode_where_checkpointing_recomputes(exported, corpus, tmp_path, checkpointing):
+    """`from_pretrained` hands back a model in eval mode, where transformers neither checkpoints nor drops
+    out: an --init-from run must train in train mode. With --activation-checkpointing each block runs
+    twice in a step (forward, then again in the backward); without it once (the count is not vacuous)."""
+    import time
+
+    from growlength.train import setup, train_step
+
+    cfg = tiny_config(corpus, init_from=str(exported), target_len=128, activation_checkpointing=checkpointing)
+    run = setup(cfg, tmp_path / "run", resume=False)
+    assert all(module.training for module in run.model.modules())
+    calls = []
+    # transformers checkpoints a block's forward, not its hooks: count a module inside it (a pre-hook, as
+    # the recompute stops early, once it has what the backward needs)
+    run.model.gpt_neox.layers[0].attention.register_forward_pre_hook(lambda *_: calls.append(1))
+    train_step(run, run.shapes[64], time.perf_counter())
+    assert run.shapes[64].accum == 1 and len(calls) == (2 if checkpointing else 1)

@@ -1,7 +1,8 @@
 """What only a GPU can check (`pytest -m gpu`; skipped without CUDA): scripts/device-bench.sh runs these
-first on a lent device. On the CPU the same code paths are tested elsewhere; here: bf16 autocast,
-fused AdamW, the allocator's options, peak memory and MFU in the metrics, and the process group whose
-small collectives send CPU tensors beside nccl's CUDA ones."""
+first on a lent device. On the CPU the same code paths are tested elsewhere (tests/test_device.py with
+torch.cuda mocked); here: a bf16 run logging peak memory and MFU, the run's GPU, fused AdamW and the
+allocator's options, the flash kernel reached eager and compiled, compile's graphs per length, and the
+process group whose small collectives send CPU tensors beside nccl's CUDA ones."""
 
 import json
 import os
@@ -33,6 +34,37 @@ def test_a_bf16_run_on_cuda_logs_memory_and_mfu(request, tmp_path):
 
     if peak_flops(name) is not None:
         assert all(0 < r["mfu"] < 1 for r in steps), name
+
+
+def test_setup_on_cuda_picks_the_gpu_fused_adamw_and_the_allocator(request, tmp_path):
+    from growlength.train import setup
+
+    data = os.environ.get("GROWLENGTH_TEST_DATA") or request.getfixturevalue("corpus")
+    run = setup(tiny_config(data, device="cuda"), tmp_path / "run", resume=False)
+    assert run.device == torch.device("cuda", torch.cuda.current_device())
+    assert all(p.device == run.device for p in run.model.parameters())
+    assert run.optimizer.defaults["fused"] is True
+    assert "expandable_segments" in (os.environ.get("PYTORCH_ALLOC_CONF") or os.environ["PYTORCH_CUDA_ALLOC_CONF"])
+    assert torch.get_float32_matmul_precision() == "high"
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_attention_runs_the_flash_kernel_eager_and_compiled(request, tmp_path, compiled):
+    """With no materialised mask SDPA takes its causal flash kernel (a model compiled whole would hand it
+    a boolean mask, and the math or memory-efficient kernel would run instead)."""
+    import time
+
+    from growlength.train import setup, train_step
+
+    data = os.environ.get("GROWLENGTH_TEST_DATA") or request.getfixturevalue("corpus")
+    run = setup(tiny_config(data, device="cuda", compile=compiled), tmp_path / "run", resume=False)
+    train_step(run, run.shapes[64], time.perf_counter())  # compiles (when asked) outside the profile
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        train_step(run, run.shapes[64], time.perf_counter())
+        torch.cuda.synchronize()
+    names = {event.key for event in prof.key_averages()}
+    assert any("flash" in name.lower() for name in names), sorted(names)
 
 
 def test_a_process_group_on_cuda_runs_every_collective(tmp_path):

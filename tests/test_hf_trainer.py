@@ -14,8 +14,8 @@ from transformers import Trainer, TrainingArguments
 
 from growlength import make_schedule
 from growlength.errors import GrowLengthError
-from growlength.evaluate import lm_loss
 from growlength.integrations.hf_trainer import GrowLengthCallback, GrowLengthDataset
+from growlength.loss import lm_loss
 from growlength.models import build_model, model_config
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "hf_trainer.py"

@@ -6,17 +6,23 @@ from growlength.models import build_model, count_params, model_config
 from growlength.profile import flops_per_token, format_profile, profile
 
 
-def test_flops_per_token_counts_the_matmuls_and_the_attention_term():
+def test_flops_per_token_counts_the_matmuls_and_causal_attention():
+    """6 per multiplying parameter, and for attention under the causal mask half of the full count
+    (12 x layers x width x seq_len): what the causal kernels compute."""
     untied = build_model(model_config("tiny", vocab_size=512, eos_id=0), 0)  # GPT-NeoX: h64, 2 layers
     embedding = 512 * 64
-    expected = 6 * (count_params(untied) - embedding) + 12 * 2 * 64 * 256
+    expected = 6 * (count_params(untied) - embedding) + 12 * 2 * 64 * 256 / 2
     assert flops_per_token(untied, 256) == expected
     tied = build_model(model_config("llama-tiny", vocab_size=512, eos_id=0), 0)  # the head is the embedding
-    assert flops_per_token(tied, 256) == 6 * count_params(tied) + 12 * 2 * 64 * 256
+    assert flops_per_token(tied, 256) == 6 * count_params(tied) + 12 * 2 * 64 * 256 / 2
+    # the attention term alone doubles with the length
+    assert flops_per_token(tied, 512) - flops_per_token(tied, 256) == 6 * 2 * 64 * 256
 
 
 def test_peak_flops_come_from_the_override_or_the_device_table():
     assert peak_flops("NVIDIA H200", None) == 989e12 and peak_flops("NVIDIA H100 PCIe", None) == 756e12
+    assert peak_flops("NVIDIA H100 NVL", None) == 835e12 and peak_flops("NVIDIA H200 NVL", None) == 835e12
+    assert peak_flops("NVIDIA H100 80GB HBM3", None) == 989e12
     assert peak_flops("NVIDIA A100-SXM4-80GB", None) == 312e12 and peak_flops("cpu", None) is None
     assert peak_flops("cpu", 0.5) == 0.5e12
 

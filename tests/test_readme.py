@@ -37,22 +37,35 @@ def _shell_lines(text: str) -> list[list[str]]:
     return [shlex.split(line, comments=True) for line in text.replace("\\\n", " ").splitlines()]
 
 
+def _growlength_args(argv: list[str]) -> list[str] | None:
+    """The growlength arguments of a command line: `growlength ...`, or a launcher's `... -m growlength ...`
+    (torchrun, accelerate launch, python); None for any other line."""
+    if argv[:1] == ["growlength"]:
+        return argv[1:]
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "-m" and argv[i + 1] == "growlength":
+            return argv[i + 2 :]
+    return None
+
+
 def _doc_commands() -> list[tuple[str, list[str]]]:
-    """Every `growlength ...` line of a ```bash block in the README and docs/*.md, but the synopsis
-    lines, whose [optional] parts are not arguments."""
+    """Every growlength command line of a ```bash block in the README and docs/*.md, launched directly or
+    under torchrun or accelerate, but the synopsis lines, whose [optional] parts are not arguments."""
     root = Path(__file__).parent.parent
     found = []
     for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
         for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
             for argv in _shell_lines(block):
-                if argv[:1] == ["growlength"] and not any(a.startswith("[") or a == "..." for a in argv):
-                    found.append((doc.name, argv[1:]))
+                args = _growlength_args(argv)
+                if args is not None and not any(a.startswith("[") or a == "..." for a in argv):
+                    found.append((doc.name, args))
     # and the GPU script's commands, cut at their redirection: a typo there would waste a lent GPU's minutes
     script = root / "scripts" / "device-bench.sh"
     for argv in _shell_lines(script.read_text()):
         if "growlength" in argv and argv[argv.index("growlength") - 1] == "-m":
             argv = argv[argv.index("growlength") + 1 :]
-            found.append((script.name, argv[: argv.index("2>&1")]))
+            redirected = [i for i, arg in enumerate(argv) if arg in (">", ">>", "2>&1", "|", "||")]
+            found.append((script.name, argv[: redirected[0]]))
     return found
 
 
@@ -60,12 +73,15 @@ def test_doc_commands_parse_and_their_configs_load():
     """The commands people copy from the docs: the CLI takes them, their models exist, and a bench's
     config with its flags loads (recipe names, sweep and every train key are checked as the bench checks them)."""
     from growlength.cli import _overrides, _parser
-    from growlength.config import BenchConfig, TrainConfig, load_sections
+    from growlength.config import BenchConfig, TrainConfig, load_config, load_sections
+    from growlength.errors import GrowLengthError
     from growlength.models import PRESETS
 
     commands = _doc_commands()
     assert len({doc for doc, _ in commands}) >= 3 and sum(argv[0] == "bench" for _, argv in commands) >= 4
-    assert [argv[0] for doc, argv in commands if doc == "device-bench.sh"] == ["profile", "bench"]
+    assert [argv[0] for doc, argv in commands if doc == "device-bench.sh"] == ["profile", "profile", "bench"]
+    launched = [argv for doc, argv in commands if doc == "README.md" and "--config" in argv and argv[0] == "train"]
+    assert any("configs/gpu-160m.yaml" in argv for argv in launched)  # the torchrun line is among them
     for doc, argv in commands:
         try:
             args = _parser().parse_args(argv)
@@ -73,6 +89,11 @@ def test_doc_commands_parse_and_their_configs_load():
             raise AssertionError(f"{doc}: growlength {shlex.join(argv)} does not parse") from None
         model = getattr(args, "model", None)
         assert model is None or model in PRESETS or model.endswith(".json"), f"{doc}: no model {model!r}"
+        config = Path(__file__).parent.parent / args.config if getattr(args, "config", None) else None
         if argv[0] == "bench":
-            config = Path(__file__).parent.parent / args.config if args.config else None
             load_sections(config, _overrides(args, TrainConfig, BenchConfig), TrainConfig, BenchConfig)
+        elif argv[0] == "train" and config is not None and args.config.startswith("configs/"):
+            try:  # a shipped config, as `train` loads it (a bench config's keys are refused there)
+                load_config(config, _overrides(args, TrainConfig))
+            except GrowLengthError as e:
+                raise AssertionError(f"{doc}: growlength {shlex.join(argv)}: {e}") from None

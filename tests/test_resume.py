@@ -136,3 +136,26 @@ def test_killed_while_writing_a_checkpoint(corpus, finished, tmp_path):
     assert "resuming from" in resumed.stdout and "step_00000004" in resumed.stdout
     assert losses(out) == losses(finished)
     assert not (out / "checkpoints" / ".tmp-step_00000008").exists()
+
+
+def test_checkpoint_every_steps_apart_from_the_evals_resumes_exactly(corpus, tmp_path):
+    """--checkpoint-every 5 over 12 steps with evaluations at 6 and 12: checkpoints at 5, 10 and the
+    end, none at the eval of step 6; the run cut back to step 5 continues with the same losses."""
+    import shutil
+
+    cfg = tiny_config(corpus, budget_steps=12, evals=2, eval_tokens=1024, checkpoint_every=5)
+    whole = tmp_path / "whole"
+    train(cfg, whole, show_progress=False)
+    assert [p.name for p in list_checkpoints(whole)] == ["step_00000005", "step_00000010", "step_00000012"]
+    evals = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if "val_loss" in r] == [0, 6, 12]
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    for path in list_checkpoints(cut)[1:]:
+        shutil.rmtree(path)
+    metrics = (cut / "metrics.jsonl").read_text().splitlines()
+    (cut / "metrics.jsonl").write_text("".join(line + "\n" for line in metrics if json.loads(line)["step"] <= 5))
+    train(None, cut, resume=True, show_progress=False)
+    assert losses(cut) == losses(whole)
+    # the checkpoint's loader state is the one after step 5's batch, not the batch read ahead for step 6
+    assert read_state(list_checkpoints(cut)[-1])["loader"] == read_state(list_checkpoints(whole)[-1])["loader"]

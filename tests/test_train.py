@@ -178,16 +178,29 @@ def test_flash_attention_without_its_package_is_refused_before_any_work(corpus, 
     assert not (tmp_path / "run").exists()
 
 
-def test_compile_builds_one_graph_per_stage_length_and_counts_its_time(corpus, tmp_path):
+def test_compile_builds_one_graph_per_stage_length_and_counts_its_time(corpus, tmp_path, monkeypatch):
     """--compile through 64 -> 128 -> 256: a graph at each new length and none after (static shapes,
     evaluation left uncompiled), its seconds logged at the stage's first step and inside wall_s; the
-    losses are the eager run's up to the compiler's rounding."""
-    losses = {}
+    losses are the eager run's up to the compiler's rounding. Compiled as eager, attention gets no
+    materialised mask (None: SDPA's causal path, the flash kernel on a GPU): a model compiled whole
+    traces transformers' mask creation, which then always builds a boolean (rows, 1, T, T) mask."""
+    from transformers.models.gpt_neox import modeling_gpt_neox
+
+    made = modeling_gpt_neox.create_causal_mask
+    losses, masks = {}, {False: [], True: []}
     for compiled in (False, True):
+
+        def recording(*args, compiled=compiled, **kwargs):
+            mask = made(*args, **kwargs)
+            masks[compiled].append(mask)
+            return mask
+
+        monkeypatch.setattr(modeling_gpt_neox, "create_causal_mask", recording)
         out = tmp_path / f"compile-{compiled}"
         train(tiny_config(corpus, budget_steps=9, evals=1, compile=compiled), out, show_progress=False)
         steps, _ = records(out)
         losses[compiled] = [r["loss"] for r in steps]
+    assert len(masks[True]) >= 9 and all(mask is None for mask in masks[True] + masks[False])
     assert [r["seq_len"] for r in steps] == [64] * 3 + [128] * 3 + [256] * 3
     assert [r["compiles"] for r in steps] == [1] * 3 + [2] * 3 + [3] * 3
     first_at_length = [0, 3, 6]
@@ -265,3 +278,27 @@ def test_auto_measures_every_candidate_length_at_the_start(corpus, tmp_path):
 
     assert steps[0]["wall_s"] < plan["plan_s"]
     assert steps[0]["lr"] <= lr_after(steps[0]["wall_s"]) + 1e-12 < cfg.lr * cfg.min_lr_ratio
+
+
+def test_reading_ahead_never_changes_the_data_a_step_trains_on(corpus, tmp_path):
+    """The next step's batch is read while the device finishes this one, for the length guessed from this
+    step's end. A right guess is used as read; a wrong one (a time budget that changes length a step
+    early or late) puts the loader back and reads again; a checkpoint saves the state before the read."""
+    import numpy as np
+
+    from growlength.train import data_tokens, loader_state, read_ahead, read_batch, setup, take_batch
+
+    run = setup(tiny_config(corpus), tmp_path / "run", resume=False)
+    start = run.loader.state_dict()
+    expected, _ = read_batch(run.loader, run.shapes[128])
+    after = run.loader.state_dict()
+    run.loader.load_state_dict(start)
+    read_ahead(run, run.shapes[64])
+    assert loader_state(run) == start and data_tokens(run) == start["cursor"] == 0
+    assert run.loader.state_dict() != start  # it did read
+    inputs, _ = take_batch(run, run.shapes[128])  # the guess was wrong
+    np.testing.assert_array_equal(inputs.numpy(), expected)
+    assert run.loader.state_dict() == after and run.ahead is None
+    read_ahead(run, run.shapes[128])
+    ahead = run.ahead.inputs_BT
+    assert take_batch(run, run.shapes[128])[0] is ahead  # the guess was right: no second read
