@@ -12,7 +12,6 @@ place; state.json, written last, carries a sha256 of every other file, and a che
 do not match is skipped for the previous good one.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from growlength.errors import GrowLengthError
+from growlength.files import file_sha256, fsync
 
 STATE = "state.json"
 
@@ -44,14 +44,14 @@ def save_checkpoint(
     tensors.update(_rng_tensors())
     save_file(tensors, str(tmp / "trainer.safetensors"))
     model_config.to_json_file(str(tmp / "config.json"))
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
     full_state = {**state, "step": step, "param_groups": groups, "aliases": aliases, "sha256": files}
     (tmp / STATE).write_text(json.dumps(full_state, indent=1))
     for path in tmp.iterdir():
-        _fsync(path)
+        fsync(path)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync(root)
+    fsync(root)
     for old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -78,7 +78,7 @@ def verify(path: Path) -> str | None:
     try:
         state = json.loads((path / STATE).read_text())
         for name, digest in state["sha256"].items():
-            if _sha256(path / name) != digest:
+            if file_sha256(path / name) != digest:
                 return f"{name} does not match its checksum"
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"unreadable ({e.__class__.__name__}: {e})"
@@ -229,19 +229,3 @@ def _rng_tensors() -> dict:
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     return tensors
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -11,14 +11,15 @@ from growlength.config import (
     BenchConfig,
     ProfileConfig,
     TrainConfig,
+    coerce,
     field_type,
     fields_of,
     load_config,
     load_sections,
     parse_lengths,
 )
+from growlength.encode import PrepareOptions
 from growlength.errors import GrowLengthError
-from growlength.readers import DEFAULT_GLOB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,25 +50,10 @@ def _parser() -> argparse.ArgumentParser:
         "`datasets` folders, or 'shakespeare' (default)",
     )
     prep.add_argument("--out", required=True, help="folder to write (a rerun of the same command resumes it)")
-    prep.add_argument("--glob", default=DEFAULT_GLOB, help="files to read in folders (default: %(default)s)")
-    prep.add_argument("--vocab-size", type=int, default=4096, help="size of the BPE tokenizer to train")
     prep.add_argument("--tokenizer", help="use this tokenizer.json instead of training one")
-    prep.add_argument(
-        "--tokenizer-sample",
-        type=int,
-        default=50_000_000,
-        help="characters to train the tokenizer on (a seeded sample)",
-    )
     prep.add_argument("--tokenizer-only", action="store_true", help="write only tokenizer.json (for --part)")
-    prep.add_argument("--eos-token", default="<|endoftext|>", help="document separator token")
-    prep.add_argument("--val-fraction", type=float, default=0.05, help="share of the documents held out")
-    prep.add_argument("--text-field", default="text", help="the text field of .jsonl/.json/.csv/.parquet")
     prep.add_argument("--workers", type=int, help="encoding processes (default: one per core)")
-    prep.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file")
-    prep.add_argument(
-        "--part", default="0/1", help="I/N: read every N-th input file from the I-th (many machines)"
-    )
-    prep.add_argument("--seed", type=int, default=0)
+    _add_config_flags(prep, PrepareOptions, title="options (each decides the output: a rerun must repeat them)")
     prep.set_defaults(run=_prepare)
 
     train = commands.add_parser("train", help="GrowLength pretraining", argument_default=argparse.SUPPRESS)
@@ -134,18 +120,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, *classes: type) -> None:
-    """A --flag for every field of the config classes, its help ending with the default; a bool flag
-    alone means true (`--equal-tokens`), or takes a value (`--eval-seen-lengths false`)."""
-    group = parser.add_argument_group("config keys (also YAML keys of --config)")
+def _add_config_flags(
+    parser: argparse.ArgumentParser, *classes: type, title: str = "config keys (also YAML keys of --config)"
+) -> None:
+    """A --flag for every field of the config classes that has help, its help ending with the default;
+    a bool flag alone means true (`--equal-tokens`), or takes a value (`--eval-seen-lengths false`). The
+    values are given as typed (strings), typed by the config's one coercion; an absent flag is absent."""
+    group = parser.add_argument_group(title)
     for cls in classes:
         for name, f in fields_of(cls).items():
+            if "help" not in f.metadata:
+                continue
             kind = field_type(name, cls)
             flag = "--" + name.replace("_", "-")
             default = "none" if f.default is None else f.default
             extra = {"nargs": "?", "const": "true"} if kind is bool else {}
             help = f"{f.metadata['help']} (default: {default})"
-            group.add_argument(flag, dest=name, help=help, metavar=kind.__name__.upper(), **extra)
+            group.add_argument(
+                flag, dest=name, help=help, metavar=kind.__name__.upper(), default=argparse.SUPPRESS, **extra
+            )
 
 
 def _overrides(args, *classes: type) -> dict:
@@ -156,23 +149,18 @@ def _overrides(args, *classes: type) -> dict:
 def _prepare(args) -> int:
     from growlength.prepare import prepare
 
+    options = {
+        name: coerce(name, value, PrepareOptions) for name, value in _overrides(args, PrepareOptions).items()
+    }
     meta = prepare(
         args.input,
         args.out,
-        tokenizer_path=args.tokenizer,
-        workers=args.workers,
-        tokenizer_only=args.tokenizer_only,
-        vocab_size=args.vocab_size,
-        eos_token=args.eos_token,
-        val_fraction=args.val_fraction,
-        text_field=args.text_field,
-        glob=args.glob,
-        tokenizer_sample=args.tokenizer_sample,
-        shard_tokens=args.shard_tokens,
-        part=args.part,
-        seed=args.seed,
+        tokenizer_path=getattr(args, "tokenizer", None),
+        workers=getattr(args, "workers", None),
+        tokenizer_only=getattr(args, "tokenizer_only", False),
+        **options,
     )
-    if args.tokenizer_only:
+    if getattr(args, "tokenizer_only", False):
         print(f"wrote {meta['tokenizer']} (sha256 {meta['tokenizer_sha256'][:12]})")
         return 0
     shards = sum(len(s) for s in meta["shards"].values())
@@ -205,7 +193,8 @@ def _train(args) -> int:
 
 
 def _bench(args) -> int:
-    from growlength.bench import bench, format_sweep, format_table
+    from growlength.bench import bench
+    from growlength.report import format_sweep, format_table
 
     overrides = _overrides(args, TrainConfig, BenchConfig)
     base, bench_cfg = load_sections(getattr(args, "config", None), overrides, TrainConfig, BenchConfig)

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import yaml
 
+from growlength.budget import BATCH_POLICIES
 from growlength.errors import GrowLengthError
 from growlength.positions import parse_rope_scaling, parse_rope_theta
 from growlength.recipes import BASELINE, DEFAULT_RUNS, RECIPES, recipe
-from growlength.schedule import doubling_lengths
+from growlength.schedule import SCHEDULES, doubling_lengths, make_schedule
+from growlength.trackers import tracker_names
 
 
 def option(default, help: str):
@@ -38,6 +40,10 @@ RANGES = (
     ("evals", 1, 10000),
     ("eval_every_tokens", 1, float("inf")),
     ("checkpoint_every", 1, float("inf")),
+    ("ramp", 0.0, 1.0),
+    ("auto_power", 0.0, float("inf")),
+    ("degree", 1, float("inf")),
+    ("multiple", 1, float("inf")),
     ("loss_chunk_tokens", 0, float("inf")),
     ("seed", 0, 2**32 - 1),
 )
@@ -184,6 +190,15 @@ class TrainConfig:
             raise GrowLengthError(
                 f"attn_implementation must be one of {', '.join(ATTENTION)}, got {self.attn_implementation!r}"
             )
+        if self.schedule not in SCHEDULES:
+            raise GrowLengthError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.schedule == "stages":  # lengths that grow, shares that sum to 1
+            make_schedule("stages", start_len=self.start_len, target_len=self.target_len, stages=self.stages)
+        if self.batch_policy not in BATCH_POLICIES:
+            raise GrowLengthError(
+                f"batch_policy must be one of {', '.join(BATCH_POLICIES)}, got {self.batch_policy!r}"
+            )
+        tracker_names(self.log_to)
         parse_rope_theta(self.rope_theta)
         if parse_rope_scaling(self.rope_scaling) == ("yarn", None) and not self.init_from:
             raise GrowLengthError("rope_scaling yarn needs --init-from (or the original length: yarn:2048)")

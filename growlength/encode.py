@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from growlength.config import option
 from growlength.errors import GrowLengthError
 from growlength.readers import DEFAULT_GLOB, documents
 
@@ -34,18 +35,26 @@ PIECE_CHARS = 1 << 20
 
 @dataclass(frozen=True, kw_only=True)
 class PrepareOptions:
-    """Everything that decides the output of `prepare` (a rerun with other options is refused)."""
+    """Everything that decides the output of `prepare` (a rerun with other options is refused); each
+    field with help is a flag of `growlength prepare`."""
 
-    vocab_size: int = 4096
-    tokenizer_sha256: str | None = None  # of --tokenizer, when one is given
-    eos_token: str = EOS_TOKEN
-    val_fraction: float = 0.05
-    text_field: str = "text"
-    glob: str = DEFAULT_GLOB
-    tokenizer_sample: int = 50_000_000
-    shard_tokens: int = 100_000_000
-    part: str = "0/1"
-    seed: int = 0
+    vocab_size: int = option(4096, "size of the BPE tokenizer to train")
+    tokenizer_sha256: str | None = None  # of --tokenizer, when one is given (not a flag)
+    eos_token: str = option(EOS_TOKEN, "document separator token")
+    val_fraction: float = option(0.05, "share of the documents held out")
+    text_field: str = option("text", "the text field of .jsonl/.json/.csv/.parquet")
+    glob: str = option(DEFAULT_GLOB, "files to read in folders")
+    tokenizer_sample: int = option(50_000_000, "characters to train the tokenizer on (a seeded sample)")
+    shard_tokens: int = option(100_000_000, "tokens per shard file")
+    part: str = option("0/1", "I/N: read every N-th input file from the I-th (many machines)")
+    seed: int = option(0, "seed of the val choice and the tokenizer's sample")
+
+    def __post_init__(self):
+        if not 0 < self.val_fraction < 1:
+            raise GrowLengthError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("vocab_size", "shard_tokens", "tokenizer_sample"):
+            if getattr(self, name) < 1:
+                raise GrowLengthError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def unit_hash(*key) -> float:

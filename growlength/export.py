@@ -20,7 +20,7 @@ def export(ckpt: str | Path, out: str | Path, *, data: str | None = None) -> Pat
     """Write the checkpoint (or a run folder's newest one) to `out` as a Hugging Face model folder;
     the tokenizer comes from the run's prepared data (or `data`)."""
     from growlength.checkpoint import model_from_checkpoint, open_checkpoint
-    from growlength.tokens import file_sha256
+    from growlength.files import file_sha256
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):

@@ -4,9 +4,7 @@ and step shapes (`preflight`), the run folder, and the device. Every bad input f
 import dataclasses
 import functools
 import importlib.util
-import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +27,7 @@ from growlength.models import (
 )
 from growlength.positions import parse_rope_scaling, parse_rope_theta, rope_parameters_at
 from growlength.prepare import resolve_data
-from growlength.profile import measure_tokens_per_s, read_throughput
-from growlength.schedule import Budget, LengthSchedule, dd_lengths, make_schedule, plan_stages, planned_schedule
+from growlength.schedule import Budget, LengthSchedule, dd_lengths, make_schedule
 from growlength.tokens import TokenData, open_tokens
 from growlength.trackers import tracker_names
 
@@ -227,30 +224,3 @@ def check_attention(name: str, device: torch.device) -> None:
             raise GrowLengthError("attn_implementation flash_attention_2 needs `pip install flash-attn`")
         if device.type != "cuda":
             raise GrowLengthError("attn_implementation flash_attention_2 runs on CUDA only: use sdpa on the CPU")
-
-
-def plan_auto(run) -> None:
-    """--schedule auto: tokens/s at each candidate length (measured here, rank 0's figures broadcast;
-    or read from --plan-from), then the stages plan_stages gives for them. Measuring is setup, like
-    building the model: its seconds are reported (`plan_s` in auto-plan.json), not counted as training
-    time, which would also spend the LR warmup before the first step. The table is saved in every
-    checkpoint, so a resumed run plans the same stages without measuring."""
-    p, cfg = run.progress, run.cfg
-    lengths = run.schedule.all_lengths()
-    started = time.perf_counter()
-    if not p.planned_tokens_per_s:
-        if cfg.plan_from:
-            table = read_throughput(cfg.plan_from, lengths)
-        else:
-            shapes = [run.shapes[n] for n in lengths]
-            table = measure_tokens_per_s(dist.unwrap(run.model), shapes, run.device, run.autocast)
-        p.planned_tokens_per_s = {str(n): dist.broadcast_float(v) for n, v in table.items()}
-    plan_s = time.perf_counter() - started
-    table = {int(n): v for n, v in p.planned_tokens_per_s.items()}
-    stages = plan_stages(table, unit=run.budget.unit, power=cfg.auto_power)
-    run.schedule = planned_schedule(stages)
-    if run.world.is_main:
-        speeds = ", ".join(f"{n}: {v:,.0f}" for n, v in table.items())
-        print(f"auto: tokens/s {speeds} ({plan_s:.1f} s) -> stages {stages} (shares of the {run.budget.unit})")
-        record = {"tokens_per_s": table, "stages": stages, "plan_s": round(plan_s, 3)}
-        (run.out / "auto-plan.json").write_text(json.dumps(record, indent=2))

@@ -23,9 +23,10 @@ import numpy as np
 
 from growlength.encode import EOS_TOKEN, PrepareOptions, batches, encoded, load_tokenizer, new_tokenizer
 from growlength.errors import GrowLengthError
+from growlength.files import file_sha256
 from growlength.meter import Meter
 from growlength.readers import DEFAULT_CORPUS, Source, default_corpus_dir, list_sources
-from growlength.tokens import ShardWriter, file_sha256
+from growlength.shards import ShardWriter
 
 __all__ = ["EOS_TOKEN", "PrepareOptions", "prepare", "default_corpus_dir", "resolve_data"]
 
@@ -69,10 +70,6 @@ def prepare(
     if tokenizer_path:
         options["tokenizer_sha256"] = file_sha256(_existing(tokenizer_path))
     opts = PrepareOptions(**options)
-    if not 0 < opts.val_fraction < 1:
-        raise GrowLengthError(f"val_fraction must be in (0, 1), got {opts.val_fraction}")
-    if opts.shard_tokens < 1:
-        raise GrowLengthError(f"shard_tokens must be positive, got {opts.shard_tokens}")
     all_sources = list_sources(inputs, opts.glob)
     sources = part_sources(all_sources, opts.part)
     if opts.part != "0/1" and not (tokenizer_path or tokenizer_only):

@@ -8,7 +8,6 @@ alternating order), so a slow spell of a shared machine lands on every length al
 """
 
 import contextlib
-import json
 import re
 import statistics
 import tempfile
@@ -21,13 +20,13 @@ from growlength import dist
 from growlength.config import TrainConfig
 from growlength.flops import flops_per_token
 from growlength.meter import Meter
+from growlength.steplog import log_step
+from growlength.throughput import forward_backward, measure_tokens_per_s, sync_time
+from growlength.train import advance, checkpoint, setup, train_step
 
 
 def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progress: bool = True) -> dict:
     """Per-length throughput, memory and FLOP prediction; loop overhead; stage-change and checkpoint cost."""
-    from growlength.steplog import log_step
-    from growlength.train import advance, checkpoint, setup, train_step
-
     values = {**cfg.to_dict(), "schedule": "stages", "stages": _stages(lengths), "batch_policy": "tokens"}
     with tempfile.TemporaryDirectory(prefix="growlength-profile-") as tmp:
         run = setup(TrainConfig(**values), Path(tmp) / "run", resume=False)
@@ -44,9 +43,9 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
                 loss, _ = train_step(run, shape, started)
                 # read before log_step, which resets CUDA's peak after logging it
                 peak[shape.seq_len] = max(peak.get(shape.seq_len, 0.0), _peak_mb(run.device))
-                advance(run.progress, shape, time.perf_counter() - started)
+                advance(run, shape, time.perf_counter() - started, loss)
                 log_step(run, shape, loss, 0.0, run.progress.last_step_s)
-                elapsed = _sync_time(run.device, started)
+                elapsed = sync_time(run.device, started)
                 bare_s = _bare_step(run, shape)
                 bar.update(1)
                 if r == 0:  # round 0 meets each length for the first time, as a stage change does
@@ -73,67 +72,6 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
     return report
 
 
-def measure_tokens_per_s(
-    model, shapes, device, autocast, rounds: int = 2, packed: bool = False
-) -> dict[int, float]:
-    """Tokens/s of one rank's forward and backward passes at each step shape, on random tokens, leaving
-    the weights as they are (gradients dropped, no optimizer step): what `--schedule auto` plans from.
-    An untimed round first (kernels, allocator), then `rounds` interleaved ones; the fastest of each.
-    `packed`: every row holds two documents (position ids restart mid-row), the worst case for --doc-mask."""
-    vocab = dist.unwrap(model).config.vocab_size
-    generator = torch.Generator().manual_seed(0)  # the run's own RNG streams are left alone
-    fastest: dict[int, float] = {}
-    for r in range(rounds + 1):
-        for shape in shapes if r % 2 == 0 else shapes[::-1]:
-            ids = torch.randint(0, vocab, (shape.micro_rows * shape.accum, shape.seq_len + 1), generator=generator)
-            ids = ids.to(device)
-            positions = _two_documents(shape, device) if packed else None
-            started = time.perf_counter()
-            _backward(model, ids, shape, autocast, positions)
-            model.zero_grad(set_to_none=True)
-            elapsed = _sync_time(device, started)
-            if r > 0:
-                fastest[shape.seq_len] = min(fastest.get(shape.seq_len, float("inf")), elapsed)
-    return {s.seq_len: s.micro_rows * s.accum * s.seq_len / fastest[s.seq_len] for s in shapes}
-
-
-def _backward(model, ids_BT: torch.Tensor, shape, autocast, positions_BT=None) -> None:
-    """Forward and backward over a step's micro-batches of these rows (each row seq_len + 1 tokens),
-    each loss weighted by its share of the rows, as the training step does."""
-    from growlength.loss import lm_loss
-
-    for micro in range(shape.accum):
-        rows = ids_BT[micro * shape.micro_rows : (micro + 1) * shape.micro_rows]
-        with autocast():
-            loss = lm_loss(model, rows[:, :-1], rows[:, 1:], positions_BT) * len(rows) / len(ids_BT)
-        loss.backward()
-
-
-def _two_documents(shape, device) -> torch.Tensor:
-    """Position ids of rows holding two documents of half the length each: [0 .. h-1, 0 .. T-h-1], one
-    row that transformers expands to every row of a micro-batch (a shorter last one too)."""
-    half = shape.seq_len // 2
-    positions_T = torch.cat([torch.arange(half), torch.arange(shape.seq_len - half)])
-    return positions_T.unsqueeze(0).to(device)
-
-
-def read_throughput(path: str | Path, lengths: list[int]) -> dict[int, float]:
-    """tokens/s at each of `lengths` from a saved `growlength profile --out` JSON."""
-    from growlength.errors import GrowLengthError
-
-    try:
-        rows = json.loads(Path(path).read_text())["lengths"]
-        table = {int(r["seq_len"]): float(r["tokens_per_s"]) for r in rows}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise GrowLengthError(f"plan_from {path}: not a `growlength profile --out` JSON ({e})") from None
-    missing = [n for n in lengths if n not in table]
-    if missing:
-        raise GrowLengthError(
-            f"plan_from {path} has no tokens/s at {missing}: profile with --lengths {','.join(map(str, lengths))}"
-        )
-    return {n: table[n] for n in lengths}
-
-
 def _stages(lengths: list[int]) -> str:
     """Equal, exact shares: '64:1/3,128:1/3,256:1/3'."""
     return ",".join(f"{n}:1/{len(lengths)}" for n in lengths)
@@ -144,11 +82,11 @@ def _bare_step(run, shape) -> float:
     model, device = run.model, run.device
     x = torch.randint(0, dist.unwrap(run.model).config.vocab_size, (shape.rows, shape.seq_len + 1), device=device)
     started = time.perf_counter()
-    _backward(model, x, shape, run.autocast)
+    forward_backward(model, x, shape, run.autocast)
     torch.nn.utils.clip_grad_norm_(model.parameters(), run.cfg.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return _sync_time(device, started)
+    return sync_time(device, started)
 
 
 def _loader_tokens_per_s(run, shape, seconds: float = 1.0) -> float:
@@ -157,12 +95,6 @@ def _loader_tokens_per_s(run, shape, seconds: float = 1.0) -> float:
         run.loader.next_batch(shape.seq_len, shape.rows)
         tokens += shape.tokens
     return tokens / (time.perf_counter() - started)
-
-
-def _sync_time(device, started: float) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
 
 
 def _reset_peak(device) -> None:

@@ -1,20 +1,15 @@
 """The training loop's per-step record (metrics.jsonl, trackers) and its progress line: what a step
-logs, what a stage change logs, what compiling cost, and the bar or plain line a person reads."""
-
-from __future__ import annotations
+logs, what a stage change logs, what compiling cost, and the bar or plain line a person reads. These
+read the run's state (train.advance changes it) and change none of it."""
 
 import statistics
 import sys
-from typing import TYPE_CHECKING
 
 import torch
 
+from growlength.budget import StepShape
 from growlength.meter import Meter
-from growlength.models import compile_stats
-
-if TYPE_CHECKING:
-    from growlength.budget import StepShape
-    from growlength.train import Run
+from growlength.state import Run
 
 
 def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) -> dict:
@@ -35,32 +30,20 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
     if run.peak_flops:  # tokens/s is every rank's together, the peak one device's
         flops_per_s = record["tokens_per_s"] * run.flops_by_len[shape.seq_len]
         record["mfu"] = round(flops_per_s / (run.peak_flops * run.world.size), 4)
-    if run.cfg.compile:
-        record.update(_compile_record(run))
+    if run.cfg.compile:  # this step's compiling (inside wall_s) and the run's graphs so far
+        record.update(compile_s=round(p.last_compile_s, 3), compiles=p.compiles)
     if run.device.type == "cuda":  # this step's peak (a stage's is the largest of its steps')
         record["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**20)
         torch.cuda.reset_peak_memory_stats(run.device)
-    if run.schedule.has_stages and p.recent and p.recent[-1][0] != shape.seq_len:
-        record.update(stage_change_record(loss, [recent_loss for _, recent_loss in p.recent]))
+    before = p.recent[:-1]  # the steps before this one (advance added it)
+    if run.schedule.has_stages and before and before[-1][0] != shape.seq_len:
+        record.update(stage_change_record(loss, [recent_loss for _, recent_loss in before]))
         if record["spike"] and run.world.is_main:
             print(
                 f"loss spike at the change to seq_len {shape.seq_len}: {record['loss_jump']:+.3f}", file=sys.stderr
             )
-    p.recent = [*p.recent, (shape.seq_len, loss)][-5:]
     run.trackers.write(record)
     return record
-
-
-def _compile_record(run: Run) -> dict:
-    """What compiling cost in this step (its time is inside the step's, so inside wall_s) and the
-    run's graphs so far: a new length compiles once, then every step at it reuses the graph."""
-    p = run.progress
-    graphs, seconds = compile_stats()
-    new_graphs, new_s = graphs - run.compile_seen[0], seconds - run.compile_seen[1]
-    run.compile_seen = (graphs, seconds)
-    p.compiles += new_graphs
-    p.compile_s += new_s
-    return {"compile_s": round(new_s, 3), "compiles": p.compiles}
 
 
 def stage_change_record(loss: float, before: list[float]) -> dict:

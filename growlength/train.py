@@ -6,11 +6,11 @@ loop:  progress -> seq_len and lr -> batch -> forward/backward over micro-batche
 """
 
 import contextlib
+import json
 import math
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from growlength.budget import StepShape
 from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from growlength.config import TrainConfig, save_config
 from growlength.errors import GrowLengthError
-from growlength.evaluate import autocast_context, val_losses
+from growlength.evaluate import val_losses
 from growlength.flops import device_name, flops_per_token, peak_flops
 from growlength.loss import bound_logits, lm_loss
 from growlength.models import build_model, compile_model, compile_stats, count_params, eager, set_rope
@@ -30,74 +30,17 @@ from growlength.plan import (
     check_attention,
     data_path,
     device_for,
-    plan_auto,
     preflight,
     resolve_config,
 )
 from growlength.prepare import make_out_dir
 from growlength.recipes import megatron_reshape
-from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at
+from growlength.schedule import LengthSchedule, doubling_lengths, lr_at, plan_stages, planned_schedule
+from growlength.state import Ahead, Progress, Run
 from growlength.steplog import log_step, progress_bar, update_bar
-from growlength.tokens import Loader, TokenData, doc_positions
-from growlength.trackers import NoTrackers, Trackers, tracker_names
-
-
-@dataclass
-class Progress:
-    """Where the run is, in the budget's units; saved in every checkpoint."""
-
-    step: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    last_step_s: float = 0.0
-    evals: int = 0
-    last_eval_step: int = -1
-    seq_lens: list[int] = field(default_factory=list)
-    step_s_by_len: dict[str, float] = field(default_factory=dict)  # the last step's seconds at each length
-    recent: list[tuple[int, float]] = field(default_factory=list)  # (seq_len, loss) of the last 5 steps
-    compiles: int = 0  # graphs torch.compile built (each process builds its own: a resume adds more)
-    compile_s: float = 0.0  # seconds spent compiling, part of `seconds`
-    planned_tokens_per_s: dict[str, float] = field(default_factory=dict)  # what --schedule auto planned from
-
-
-@dataclass(frozen=True)
-class Ahead:
-    """A batch read ahead for the step shape the next step was expected to take, and the loader's state
-    before the read: a checkpoint saves that state, and a wrong guess puts it back, so reading ahead
-    never changes which tokens a step trains on."""
-
-    shape: StepShape
-    loader_state: dict
-    cursor: int  # the loader's tokens read before it
-    inputs_BT: torch.Tensor
-    targets_BT: torch.Tensor
-
-
-@dataclass(kw_only=True)
-class Run:
-    cfg: TrainConfig
-    out: Path
-    data: TokenData
-    schedule: LengthSchedule
-    budget: Budget
-    shapes: dict[int, StepShape]
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    loader: Loader | BucketLoader
-    device: torch.device
-    world: dist.World
-    progress: Progress = field(default_factory=Progress)
-    trackers: Trackers | NoTrackers = field(default_factory=NoTrackers)
-    last_eval: dict = field(default_factory=dict)
-    checkpointed_step: int = -1  # the step of the newest checkpoint this run wrote or resumed from
-    ahead: Ahead | None = None  # the next step's batch, read while the device finished this step
-    flops_by_len: dict[int, float] = field(default_factory=dict)  # training FLOPs per token
-    peak_flops: float | None = None  # the device's, for MFU; None where unknown
-    compile_seen: tuple[int, float] = (0, 0.0)  # compile_stats() at the last logged step
-    rope_at: Callable[[int], dict] | None = None  # seq_len -> RoPE parameters (the position policy)
-
-    def autocast(self):
-        return autocast_context(self.device)
+from growlength.throughput import measure_tokens_per_s, read_throughput
+from growlength.tokens import Loader, doc_positions
+from growlength.trackers import Trackers, tracker_names
 
 
 def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, show_progress: bool = True) -> dict:
@@ -123,7 +66,7 @@ def _loop(run: Run, show_progress: bool) -> dict:
         started = time.perf_counter()
         loss, lr = train_step(run, shape, started)
         step_s = dist.broadcast_float(time.perf_counter() - started)
-        advance(p, shape, step_s)
+        advance(run, shape, step_s, loss)
         record = log_step(run, shape, loss, lr, step_s)
         update_bar(bar, run, record)
         if eval_count(run) > p.evals:
@@ -185,8 +128,35 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
             f"{cfg.schedule} {shown}; budget {plan.budget.total:g} {plan.budget.unit}"
         )
     if cfg.schedule == "auto":
-        plan_auto(run)
+        run.schedule = auto_schedule(run)
     return run
+
+
+def auto_schedule(run: Run) -> LengthSchedule:
+    """--schedule auto: tokens/s at each candidate length (measured here, rank 0's figures broadcast;
+    or read from --plan-from), then the stages plan_stages gives for them. Measuring is setup, like
+    building the model: its seconds are reported (`plan_s` in auto-plan.json), not counted as training
+    time, which would also spend the LR warmup before the first step. The table is kept in the run's
+    progress, so every checkpoint holds it and a resumed run plans the same stages without measuring."""
+    p, cfg = run.progress, run.cfg
+    lengths = run.schedule.all_lengths()
+    started = time.perf_counter()
+    if not p.planned_tokens_per_s:
+        if cfg.plan_from:
+            table = read_throughput(cfg.plan_from, lengths)
+        else:
+            shapes = [run.shapes[n] for n in lengths]
+            table = measure_tokens_per_s(dist.unwrap(run.model), shapes, run.device, run.autocast)
+        p.planned_tokens_per_s = {str(n): dist.broadcast_float(v) for n, v in table.items()}
+    plan_s = time.perf_counter() - started
+    table = {int(n): v for n, v in p.planned_tokens_per_s.items()}
+    stages = plan_stages(table, unit=run.budget.unit, power=cfg.auto_power)
+    if run.world.is_main:
+        speeds = ", ".join(f"{n}: {v:,.0f}" for n, v in table.items())
+        print(f"auto: tokens/s {speeds} ({plan_s:.1f} s) -> stages {stages} (shares of the {run.budget.unit})")
+        record = {"tokens_per_s": table, "stages": stages, "plan_s": round(plan_s, 3)}
+        (run.out / "auto-plan.json").write_text(json.dumps(record, indent=2))
+    return planned_schedule(stages)
 
 
 def _loader(plan, cfg: TrainConfig, world: dist.World) -> Loader | BucketLoader:
@@ -288,7 +258,10 @@ def read_batch(loader: Loader, shape: StepShape) -> tuple[np.ndarray, np.ndarray
     return rows_R[:, :-1], rows_R[:, 1:]
 
 
-def advance(p: Progress, shape: StepShape, step_s: float) -> None:
+def advance(run: Run, shape: StepShape, step_s: float, loss: float) -> None:
+    """Every change a step makes to the run's state: the counters, the recent losses a stage change is
+    judged against, and (with --compile) the graphs dynamo built in the step and their seconds."""
+    p = run.progress
     p.step += 1
     p.tokens += shape.tokens
     p.seconds += step_s
@@ -296,6 +269,13 @@ def advance(p: Progress, shape: StepShape, step_s: float) -> None:
     p.step_s_by_len[str(shape.seq_len)] = step_s
     if shape.seq_len not in p.seq_lens:
         p.seq_lens.append(shape.seq_len)
+    p.recent = [*p.recent, (shape.seq_len, loss)][-6:]
+    if run.cfg.compile:
+        graphs, seconds = compile_stats()
+        p.compiles += graphs - run.compile_seen[0]
+        p.last_compile_s = seconds - run.compile_seen[1]
+        p.compile_s += p.last_compile_s
+        run.compile_seen = (graphs, seconds)
 
 
 def set_positions(run: Run, seq_len: int) -> None:

@@ -65,7 +65,7 @@ if __name__ == "__main__":
         if hasattr(torch.distributed, name):
             setattr(torch.distributed, name, counting(getattr(torch.distributed, name), counter))
     growlength.train.train_step = recording_step(growlength.train.train_step, gathers, counter)
-    for name in ("read_state", "_read_safetensors", "_sha256"):
+    for name in ("read_state", "_read_safetensors", "file_sha256"):
         setattr(growlength.checkpoint, name, recording_reads(getattr(growlength.checkpoint, name), read))
     code = main(sys.argv[1:])
     out = Path(sys.argv[sys.argv.index("--out") + 1])

@@ -1,6 +1,7 @@
 """The command line as a user meets it: real subprocesses for the error paths, in-process for the rest."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -198,7 +199,38 @@ BAD = {
     "corpus too small": (["--data", "{small}"], "fewer than one step at seq_len 256"),
     "vocab too small": (["--model", "{smallvocab}"], "raise vocab_size"),
     "unknown model": (["--model", "gpt-5"], "unknown model 'gpt-5'"),
+    "a root of degree 0": (["--schedule", "root", "--degree", "0"], "degree must be in [1, inf]"),
+    "a ramp beyond the run": (["--schedule", "linear", "--ramp", "1.5"], "ramp must be in [0, 1]"),
+    "a negative auto power": (["--schedule", "auto", "--auto-power", "-1"], "auto_power must be in [0, inf]"),
+    "an unknown tracker": (["--log-to", "mlflow"], "log_to names 'mlflow'"),
+    "checkpoints every 0 steps": (["--checkpoint-every", "0"], "checkpoint_every must be in [1, inf]"),
+    "a negative loss chunk": (["--loss-chunk-tokens", "-8"], "loss_chunk_tokens must be in [0, inf]"),
 }
+
+# Of these, the ones a config must refuse as it loads (before any data is opened), not later
+AT_LOAD = [
+    "shrinking stages",
+    "unreadable stages",
+    "shares not summing to 1",
+    "unknown schedule",
+    "unknown batch policy",
+    "a root of degree 0",
+    "a ramp beyond the run",
+    "a negative auto power",
+    "an unknown tracker",
+    "checkpoints every 0 steps",
+    "a negative loss chunk",
+]
+
+
+@pytest.mark.parametrize("case", AT_LOAD)
+def test_bad_values_fail_when_the_config_loads(case):
+    from growlength.config import load_config
+
+    flags, message = BAD[case]
+    overrides = {flag[2:].replace("-", "_"): value for flag, value in zip(flags[::2], flags[1::2], strict=True)}
+    with pytest.raises(GrowLengthError, match=re.escape(message)):
+        load_config(None, {"data": "nowhere", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -314,6 +346,8 @@ BAD_COMMANDS = {
     "prepare a tiny vocabulary": (["prepare", "--vocab-size", "10", "--out", "{out}"], "at least 258"),
     "prepare val fraction 1.5": (["prepare", "--val-fraction", "1.5", "--out", "{out}"], "must be in (0, 1)"),
     "prepare with a broken tokenizer": (["prepare", "--tokenizer", "{pdf}", "--out", "{out}"], "cannot read"),
+    "prepare a vocabulary of 'ten'": (["prepare", "--vocab-size", "ten", "--out", "{out}"], "must be int"),
+    "prepare shards of 0 tokens": (["prepare", "--shard-tokens", "0", "--out", "{out}"], "shard_tokens must be"),
     "eval a missing checkpoint": (["eval", "--ckpt", "{nowhere}"], "no checkpoint in"),
     "eval a damaged checkpoint": (["eval", "--ckpt", "{damaged}"], "does not match its checksum"),
     "eval at length 0": (["eval", "--ckpt", "{trained}", "--lengths", "0"], "integers of at least 2"),

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-CORE = ["bench", "buckets", "config", "recipes", "schedule", "tokens"]
+CORE = ["buckets", "config", "recipes", "report", "schedule", "tokens"]
 
 
 @pytest.mark.parametrize("name", CORE)

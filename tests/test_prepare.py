@@ -10,9 +10,10 @@ from growlength import encode as enc
 from growlength import prepare as prep
 from growlength.encode import EOS_TOKEN, is_val, pieces, tokenizer_sample
 from growlength.errors import GrowLengthError
+from growlength.files import file_sha256
 from growlength.prepare import prepare
 from growlength.readers import documents, list_sources
-from growlength.tokens import file_sha256, open_tokens
+from growlength.tokens import open_tokens
 
 POEM = "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n"
 

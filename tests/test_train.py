@@ -1,6 +1,8 @@
 import json
 import shutil
+import statistics
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
@@ -42,7 +44,24 @@ def test_stage_changes_are_logged_with_the_loss_jump(full_run):
     for change in changes:
         before = [r["loss"] for r in steps if change["step"] - 5 <= r["step"] < change["step"]]
         assert change["loss_jump"] == pytest.approx(change["loss"] - sum(before) / 5)
-        assert isinstance(change["spike"], bool)
+        jump, noise = change["loss_jump"], statistics.stdev(before)
+        assert change["spike"] == (jump > 0 and jump > 3 * noise)
+
+
+@pytest.mark.parametrize(
+    ("loss", "before", "spike"),
+    [
+        (5.0, [4.0, 4.1, 3.9], True),  # a rise of 1.0 against a noise of 0.1
+        (4.2, [4.0, 4.1, 3.9], False),  # 0.2: within 3 standard deviations
+        (3.0, [4.0, 4.1, 3.9], False),  # a fall is never a spike
+        (4.01, [4.0], True),  # one step to compare: any rise
+    ],
+)
+def test_a_spike_is_a_rise_beyond_three_standard_deviations(loss, before, spike):
+    from growlength.steplog import stage_change_record
+
+    record = stage_change_record(loss, before)
+    assert record["spike"] is spike and record["loss_jump"] == pytest.approx(loss - statistics.fmean(before))
 
 
 def test_tokens_per_step_are_constant_across_stages(full_run):
@@ -231,17 +250,48 @@ def test_doc_positions_keep_attention_inside_each_document():
     assert not torch.allclose(plain, alone, atol=1e-3)
 
 
-def test_a_doc_masked_run_trains(corpus, tmp_path):
-    train(tiny_config(corpus, budget_steps=4, evals=1, doc_mask=True), tmp_path / "run", show_progress=False)
-    steps, evals = records(tmp_path / "run")
+def test_a_doc_masked_run_trains_on_positions_that_restart_at_each_document(corpus, tmp_path, monkeypatch):
+    """With --doc-mask every micro-batch reaches the model with position ids restarting after each
+    end-of-text token of its rows (which is what makes transformers keep attention inside a document);
+    the rows really cross documents, so the ids are not plain 0 .. seq_len - 1."""
+    import growlength.train as training
+    from growlength.tokens import doc_positions, open_tokens
+
+    given = []
+    real = training.lm_loss
+
+    def recording(model, inputs_BT, targets_BT, position_ids_BT=None):
+        given.append((inputs_BT.cpu().numpy(), position_ids_BT))
+        return real(model, inputs_BT, targets_BT, position_ids_BT)
+
+    from pathlib import Path
+
+    from growlength.prepare import prepare
+
+    # many short documents (the README's paragraphs), so that the rows of every step cross several
+    paragraphs = [p for p in (Path(__file__).parent.parent / "README.md").read_text().split("\n\n") if p.strip()]
+    (tmp_path / "docs").mkdir()
+    for i, paragraph in enumerate(paragraphs * 4):
+        (tmp_path / "docs" / f"{i:04d}.txt").write_text(paragraph)
+    data = tmp_path / "short-docs"
+    prepare([str(tmp_path / "docs")], data, tokenizer_path=str(corpus / "tokenizer.json"), val_fraction=0.2)
+    monkeypatch.setattr(training, "lm_loss", recording)
+    cfg = tiny_config(data, budget_steps=4, evals=1, doc_mask=True, tokens_per_step=1024, eval_tokens=1024)
+    train(cfg, tmp_path / "run", show_progress=False)
+    steps, _ = records(tmp_path / "run")
     assert len(steps) == 4 and steps[-1]["loss"] < steps[0]["loss"]
+    eos = int(open_tokens(data).meta["eos_id"])
+    assert len(given) == 4 and all(positions is not None for _, positions in given)
+    for inputs, positions in given:
+        np.testing.assert_array_equal(positions.cpu().numpy(), doc_positions(inputs, eos))
+    assert all((positions.cpu().numpy() != np.arange(inputs.shape[1])).any() for inputs, positions in given)
 
 
 def test_auto_plans_its_stages_from_a_saved_profile_and_a_resume_never_replans(corpus, tmp_path, monkeypatch):
     """--schedule auto --plan-from: tokens/s 4:1:1 at 64, 128, 256 with auto_power 0.5 gives time shares
     2:1:1, so under a 20-step budget step shares 8:1:1 (time x speed); the table is saved in the
     checkpoints, and a resumed run plans the same stages without measuring or reading the file again."""
-    import growlength.plan as planning
+    import growlength.train as training
 
     profile = tmp_path / "profile.json"
     rows = [{"seq_len": n, "tokens_per_s": v} for n, v in ((64, 4000.0), (128, 1000.0), (256, 1000.0), (512, 9.0))]
@@ -256,7 +306,7 @@ def test_auto_plans_its_stages_from_a_saved_profile_and_a_resume_never_replans(c
     # resume from the step-10 checkpoint: the saved table plans the same stages
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000020")
     profile.unlink()
-    monkeypatch.setattr(planning, "measure_tokens_per_s", lambda *a, **k: pytest.fail("a resume measured again"))
+    monkeypatch.setattr(training, "measure_tokens_per_s", lambda *a, **k: pytest.fail("a resume measured again"))
     train(None, tmp_path / "run", resume=True, show_progress=False)
     again, _ = records(tmp_path / "run")
     assert [r["seq_len"] for r in again] == [r["seq_len"] for r in steps]

@@ -1,0 +1,198 @@
+"""The arena's report, a pure function of its runs' records: when each recipe reaches the baseline's
+final loss (in seconds and in tokens, with the evaluations that bracket it), its final loss, speed and
+compile cost, the headline and the tables. bench.py runs the recipes and hands their folders' records here.
+"""
+
+import json
+import statistics
+from pathlib import Path
+
+from growlength.config import point_label
+from growlength.recipes import BASELINE
+from growlength.trackers import read_metrics
+
+
+def crossing(xs: list[float], losses: list[float], level: float) -> dict | None:
+    """Where the loss curve first reaches `level`: `at`, interpolated linearly between the two
+    evaluations that bracket it (`after` the last one above, `before` the first one at or below);
+    None if it never does.
+
+    >>> crossing([0, 10, 20], [5.0, 4.0, 3.0], 3.5)
+    {'at': 15.0, 'after': 10, 'before': 20}
+    """
+    for i, loss in enumerate(losses):
+        if loss <= level:
+            if i == 0:
+                return {"at": xs[0], "after": xs[0], "before": xs[0]}
+            x0, x1, y0, y1 = xs[i - 1], xs[i], losses[i - 1], loss
+            return {"at": x0 + (x1 - x0) * (y0 - level) / (y0 - y1), "after": x0, "before": x1}
+    return None
+
+
+def time_to_reach(xs: list[float], losses: list[float], level: float) -> float | None:
+    """The first x at which the loss curve reaches `level` (linear between points), or None."""
+    hit = crossing(xs, losses, level)
+    return None if hit is None else hit["at"]
+
+
+def read_run(folder: Path) -> dict:
+    steps, evals = read_metrics(folder)
+    final = json.loads((folder / "final-eval.json").read_text())
+    by_len: dict[int, list[float]] = {}
+    for r in steps:
+        by_len.setdefault(r["seq_len"], []).append(r["tokens_per_s"])
+    return {
+        "wall_s": [e["wall_s"] for e in evals],
+        "tokens": [e["tokens"] for e in evals],
+        "val_loss": [e["val_loss"] for e in evals],
+        "data_tokens": evals[-1].get("data_tokens", evals[-1]["tokens"]),
+        "steps": steps[-1]["step"],
+        "longest_step_s": max(r["tokens"] / max(r["tokens_per_s"], 1e-9) for r in _step_tokens(steps)),
+        "tokens_per_s_by_len": by_len,
+        "compile_s": sum(r.get("compile_s", 0.0) for r in steps),  # inside wall_s: --compile's cost
+        "compiles": steps[-1].get("compiles", 0),
+        "final_by_len": {r["seq_len"]: r["loss"] for r in final["results"]},
+    }
+
+
+def _step_tokens(steps: list[dict]) -> list[dict]:
+    """Each step record with the tokens of that step (records hold the running total)."""
+    previous = [0] + [r["tokens"] for r in steps[:-1]]
+    return [{**r, "tokens": r["tokens"] - before} for r, before in zip(steps, previous, strict=True)]
+
+
+def versus(baseline: list[dict], reps: list[dict]) -> dict:
+    """A recipe's seeds against the baseline's, seed by seed: final loss, and when (in seconds and in
+    tokens) it reaches the baseline's final val loss, with the evaluations bracketing that moment."""
+    reach_s = [
+        crossing(r["wall_s"], r["val_loss"], b["val_loss"][-1]) for b, r in zip(baseline, reps, strict=True)
+    ]
+    reach_t = [
+        crossing(r["tokens"], r["val_loss"], b["val_loss"][-1]) for b, r in zip(baseline, reps, strict=True)
+    ]
+    speedups = [_ratio(b["wall_s"][-1], hit) for b, hit in zip(baseline, reach_s, strict=True)]
+    token_gains = [_ratio(b["tokens"][-1], hit) for b, hit in zip(baseline, reach_t, strict=True)]
+    finals = [r["val_loss"][-1] for r in reps]
+    return {
+        "final_val_loss": _mean(finals),
+        "final_val_loss_each": finals,
+        "tokens": _mean([r["tokens"][-1] for r in reps]),
+        "data_tokens": _mean([r["data_tokens"] for r in reps]),
+        "train_s_each": [r["wall_s"][-1] for r in reps],
+        "longest_step_s": max(r["longest_step_s"] for r in reps),
+        "steps": _mean([r["steps"] for r in reps]),
+        "compile_s": _mean([r["compile_s"] for r in reps]),
+        "compiles": _mean([r["compiles"] for r in reps]),
+        "reach_baseline_s": reach_s,
+        "reach_baseline_tokens": reach_t,
+        "speedup_each": speedups,
+        "speedup": _mean([s["at"] for s in speedups]) if None not in speedups else None,
+        "token_gain_each": token_gains,
+        "token_gain": _mean([g["at"] for g in token_gains]) if None not in token_gains else None,
+        "tokens_per_s_by_len": _median_by_len(reps),
+        "val_loss_by_len": _mean_by_len(reps),
+    }
+
+
+def _ratio(baseline_end: float, hit: dict | None) -> dict | None:
+    """baseline_end / the crossing, with the range its bracketing evaluations allow (no upper bound,
+    None, when the crossing comes before the first evaluation after the start)."""
+    if hit is None:
+        return None
+    return {
+        "at": baseline_end / max(hit["at"], 1e-9),
+        "low": baseline_end / max(hit["before"], 1e-9),
+        "high": baseline_end / hit["after"] if hit["after"] > 0 else None,
+    }
+
+
+def headline(report: dict) -> str:
+    """One sentence: GrowLength's best against the baseline's best."""
+    runs, base = report["runs"], report["runs"][BASELINE]
+    mine = runs.get("growlength")
+    if not mine or "crash" in mine:
+        return "no growlength run in this bench"
+    speed = mine["speedup"]
+    reach = f"{speed:.2f}x (seeds {_spread(mine['speedup_each'])})" if speed else "never (within the budget)"
+    return (
+        f"growlength reaches the tuned fixed-length baseline's final val loss {reach} sooner; final val loss "
+        f"{mine['final_val_loss']:.4f} vs {base['final_val_loss']:.4f} "
+        f"(seeds {_spread(mine['final_val_loss_each'], '.4f')} vs {_spread(base['final_val_loss_each'], '.4f')})"
+    )
+
+
+def _spread(values: list, fmt: str = ".2f") -> str:
+    values = [v["at"] if isinstance(v, dict) else v for v in values if v is not None]
+    return ", ".join(f"{v:{fmt}}" for v in values) if values else "—"
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def _median_by_len(reps: list[dict]) -> dict[str, float]:
+    merged: dict[int, list[float]] = {}
+    for rep in reps:
+        for seq_len, speeds in rep["tokens_per_s_by_len"].items():
+            merged.setdefault(seq_len, []).extend(speeds)
+    return {str(k): statistics.median(v) for k, v in sorted(merged.items())}
+
+
+def _mean_by_len(reps: list[dict]) -> dict[str, float]:
+    lengths = sorted(reps[0]["final_by_len"])
+    return {str(n): _mean([rep["final_by_len"][n] for rep in reps]) for n in lengths}
+
+
+def format_table(report: dict) -> str:
+    """A Markdown table of the report, one row per recipe (its best setting, mean over seeds)."""
+    target = report["target_len"]
+    base = report["runs"][report["baseline"]]["final_val_loss"]
+    equal_tokens = any("equal_tokens" in r for r in report["runs"].values())
+    compiled = any(r.get("compiles") for r in report["runs"].values())
+    head = f"| run | setting | val loss @{target} | vs baseline | tokens | speedup (equal time) | token gain |"
+    head += " loss at equal tokens |" if equal_tokens else ""
+    head += " compiling (graphs) |" if compiled else ""
+    columns = 7 + equal_tokens + compiled
+    lines = [head, "|---" * columns + "|"]
+    for name, r in report["runs"].items():
+        if "crash" in r:
+            crash = r["crash"].split(":")[0]
+            lines.append(f"| {name} | crashes in the peer's own code: {crash} |" + " |" * (columns - 2))
+            continue
+        row = (
+            f"| {name} | {point_label(r['setting'])} | {r['final_val_loss']:.4f} "
+            f"| {r['final_val_loss'] - base:+.4f} "
+            f"| {r['tokens']:,.0f} | {_ratio_text(r['speedup'], r['speedup_each'])} "
+            f"| {_ratio_text(r['token_gain'], r['token_gain_each'])} |"
+        )
+        if equal_tokens:
+            row += f" {r['equal_tokens']['final_val_loss']:.4f} |"
+        if compiled:
+            row += f" {r['compile_s']:.1f} s ({r['compiles']:g}) |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def format_sweep(report: dict) -> str:
+    """A Markdown table of the sweep: final val loss of every recipe at every point, the best in bold."""
+    sweep = report.get("sweep")
+    if not sweep:
+        return ""
+    labels = [point_label(row["setting"]) for row in next(iter(sweep.values()))]
+    lines = ["| run | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for name, rows in sweep.items():
+        losses = [row.get("final_val_loss") for row in rows]
+        best = min((x for x in losses if x is not None), default=None)
+        cells = ["crash" if x is None else f"**{x:.4f}**" if x == best else f"{x:.4f}" for x in losses]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratio_text(mean: float | None, each: list) -> str:
+    """'1.52x [1.40-1.61]': the mean and the range its bracketing evaluations allow over the seeds."""
+    if mean is None:
+        return "not reached"
+    low = min(e["low"] for e in each)
+    highs = [e["high"] for e in each]
+    high = "inf" if None in highs else f"{max(highs):.2f}"
+    return f"{mean:.2f}x [{low:.2f}-{high}]"

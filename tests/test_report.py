@@ -1,0 +1,98 @@
+"""The arena's report as a pure function of records: table tests on synthetic runs, no training."""
+
+import pytest
+
+from growlength.report import format_sweep, format_table, headline, versus
+
+
+def run(wall_s, val_loss, tokens=None, **extra):
+    """A run as report.read_run gives it: its evaluations' times, tokens and losses, and its totals."""
+    tokens = tokens or [int(1000 * s) for s in wall_s]
+    return {
+        "wall_s": wall_s,
+        "tokens": tokens,
+        "val_loss": val_loss,
+        "data_tokens": tokens[-1],
+        "steps": 10,
+        "longest_step_s": 1.0,
+        "tokens_per_s_by_len": {64: [100.0, 120.0], 256: [50.0]},
+        "compile_s": 0.0,
+        "compiles": 0,
+        "final_by_len": {64: val_loss[-1] + 0.1, 256: val_loss[-1]},
+        **extra,
+    }
+
+
+BASE = [run([0, 10, 20], [6.0, 5.0, 4.0]), run([0, 10, 20], [6.0, 5.2, 4.2])]
+
+
+@pytest.mark.parametrize(
+    ("curves", "speedup_each", "brackets"),
+    [
+        # seed 1 crosses its baseline's 4.0 halfway between the evaluations at 5 s (4.5) and 10 s (3.5): at
+        # 7.5 s, so 20 / 7.5; seed 2 reaches its baseline's 4.2 at the evaluation at 10 s: 20 / 10
+        (
+            [([0, 5, 10, 20], [6.0, 4.5, 3.5, 3.0]), ([0, 5, 10, 20], [6.0, 4.7, 4.2, 3.0])],
+            [2.6667, 2.0],
+            [(2.0, 4.0), (2.0, 4.0)],
+        ),
+        # seed 1 never reaches its baseline's final loss: no speedup, and no mean; seed 2 at 18 s
+        ([([0, 10, 20], [6.0, 5.0, 4.1]), ([0, 10, 20], [6.0, 5.0, 4.0])], [None, 1.1111], [None, (1.0, 2.0)]),
+    ],
+)
+def test_versus_finds_each_seeds_crossing_of_the_baselines_final_loss(curves, speedup_each, brackets):
+    reps = [run(xs, losses) for xs, losses in curves]
+    result = versus(BASE, reps)
+    got = [None if s is None else round(s["at"], 4) for s in result["speedup_each"]]
+    assert got == speedup_each
+    for s, bracket in zip(result["speedup_each"], brackets, strict=True):
+        assert (None if s is None else (s["low"], s["high"])) == (
+            None if bracket is None else pytest.approx(bracket)
+        )
+    assert result["speedup"] == (None if None in speedup_each else pytest.approx(sum(speedup_each) / 2, abs=1e-4))
+    assert result["final_val_loss"] == pytest.approx(sum(losses[-1] for _, losses in curves) / 2)
+    assert result["tokens_per_s_by_len"] == {"64": 110.0, "256": 50.0}  # the median of every step at each length
+
+
+def test_a_crossing_at_the_first_evaluation_after_the_start_has_no_upper_bound():
+    result = versus(BASE[:1], [run([0, 5, 20], [6.0, 3.0, 2.0])])
+    (speedup,) = result["speedup_each"]
+    assert speedup["high"] is None and speedup["low"] == pytest.approx(20 / 5)
+
+
+def report_of(runs, sweep=None):
+    return {"target_len": 256, "baseline": "fixed-target", "runs": runs, "sweep": sweep}
+
+
+def test_table_and_headline_say_what_was_measured_and_crashes_are_rows():
+    base = {"setting": {"lr": 0.002}, **versus(BASE, BASE)}
+    mine = {"setting": {"lr": 0.004}, **versus(BASE, [run([0, 5, 10, 20], [6.0, 4.5, 3.5, 3.0])] * 2)}
+    runs = {"fixed-target": base, "growlength": mine, "composer": {"crash": "ZeroDivisionError: in its hook"}}
+    table = format_table(report_of(runs)).splitlines()
+    assert table[0].startswith("| run | setting | val loss @256 |") and len(table) == 2 + 3
+    assert table[3].startswith("| growlength | lr=0.004 | 3.0000 | -1.1000 |")
+    # seeds 20 / 7.5 and 20 / 6.5 (seed 2's baseline ends at 4.2), both between the evaluations at 5 and 10 s
+    assert "| 2.87x [2.00-4.00] |" in table[3] and "| 1.00x [1.00-2.00] |" in table[2]
+    assert "crashes in the peer's own code: ZeroDivisionError" in table[4]
+    assert headline(report_of(runs)).startswith(
+        "growlength reaches the tuned fixed-length baseline's final val loss 2.87x"
+    )
+    assert headline(report_of({"fixed-target": base})) == "no growlength run in this bench"
+
+
+def test_the_sweep_table_bolds_each_recipes_best_point():
+    sweep = {
+        "fixed-target": [
+            {"setting": {"lr": 1}, "final_val_loss": 4.2},
+            {"setting": {"lr": 2}, "final_val_loss": 4.1},
+        ],
+        "composer": [{"setting": {"lr": 1}, "crash": "x"}, {"setting": {"lr": 2}, "final_val_loss": 4.3}],
+    }
+    lines = format_sweep(report_of({}, sweep)).splitlines()
+    assert lines == [
+        "| run | lr=1 | lr=2 |",
+        "|---|---|---|",
+        "| fixed-target | 4.2000 | **4.1000** |",
+        "| composer | crash | **4.3000** |",
+    ]
+    assert format_sweep(report_of({})) == ""
