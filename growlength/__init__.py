@@ -4,9 +4,9 @@ The core is small and pure: schedules (`schedule`), token accounting (`budget`) 
 loader (`tokens`). `train.train` is the reference loop; the CLI is `growlength` / `python -m growlength`.
 """
 
-from growlength.budget import StepShape, check_lengths, step_shape
+from growlength.budget import Budget, StepShape, check_lengths, step_shape
 from growlength.errors import GrowLengthError
-from growlength.schedule import Budget, LengthSchedule, doubling_lengths, lr_at, make_schedule
+from growlength.schedule import LengthSchedule, doubling_lengths, lr_at, make_schedule
 from growlength.tokens import Loader, open_tokens
 
 __all__ = [

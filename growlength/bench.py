@@ -114,7 +114,7 @@ def _check_all(base, bench_cfg: BenchConfig, names: list[str], points: list[dict
     """Every run's config is valid before the first one starts (setup's checks, without training).
     Returns the runs Composer itself cannot do: {recipe: {point label: reason}}; any other bad config
     fails the bench here."""
-    from growlength.plan import preflight
+    from growlength.preflight import preflight
     from growlength.prepare import resolve_data
 
     crashes: dict[str, dict[str, str]] = {}

@@ -14,7 +14,7 @@ per optimizer step, and the Grow-P2 curriculum deciding which.
    Grow-P2 odds c = 32:16:8:4:2:1 from the shortest bucket. So each cycle starts short and ends long.
    Every step holds the same tokens (rows = tokens_per_step / 2^k), the same bucket on every rank.
 
-Here the mix is the fluid form of that draw, a pure function of progress within the cycle
+Here the mix is the fluid form of that draw, a pure function of fraction within the cycle
 (`bucket_odds`), and the draw is seeded by (seed, step): resume needs only the per-bucket cursors.
 """
 
@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from growlength.errors import GrowLengthError
-from growlength.tokens import positions_of
+from growlength.tokens import indices_of
 
 CYCLES = 8
 
@@ -53,7 +53,7 @@ def bucket_starts(
 ) -> dict[int, np.ndarray]:
     """Where each chunk of each bucket starts in the token stream: {k: int64 offsets}. Documents end at
     each eos (the eos is the document's last token); a tail after the last eos counts as a document."""
-    ends = positions_of(tokens, eos_id) + 1
+    ends = indices_of(tokens, eos_id) + 1
     if len(ends) == 0 or ends[-1] != len(tokens):
         ends = np.append(ends, len(tokens))
     starts = {k: [] for k in range(min_log2, max_log2 + 1)}
@@ -95,10 +95,10 @@ def bucket_odds(u: float, shares: list[float], curriculum: list[int]) -> list[fl
     raise AssertionError("unreachable: the last active bucket returns")
 
 
-def dd_seq_len(progress: float, step: int, *, seed: int, lengths: tuple[int, ...], shares: list[float]) -> int:
-    """The length of the step's bucket: cycle position from progress, then a draw seeded by the step
+def dd_seq_len(fraction: float, step: int, *, seed: int, lengths: tuple[int, ...], shares: list[float]) -> int:
+    """The length of the step's bucket: cycle position from fraction, then a draw seeded by the step
     (the same on every rank, the same after a resume)."""
-    u = (progress * CYCLES) % 1.0
+    u = (fraction * CYCLES) % 1.0
     odds = bucket_odds(u, shares, grow_p2(len(lengths)))
     return lengths[int(np.random.default_rng([seed, step]).choice(len(lengths), p=odds))]
 

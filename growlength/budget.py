@@ -1,4 +1,5 @@
-"""Token accounting: how many sequences one optimizer step holds at a given length, and how they split.
+"""Token accounting: how long a run trains (`Budget`: steps, tokens or seconds, and the fraction of it
+done), and how many sequences one optimizer step holds at a given length, and how they split.
 
 Five batch policies, one name each (`batch_policy`):
 
@@ -25,6 +26,37 @@ from growlength.recipes import megatron_reshape_rows
 from growlength.schedule import round_up
 
 BATCH_POLICIES = ("tokens", "reshape", "rows", "truncate", "megatron")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """How long to train: exactly one of steps, tokens or seconds (training time, eval excluded)."""
+
+    steps: int | None = None
+    tokens: int | None = None
+    seconds: float | None = None
+
+    def __post_init__(self):
+        given = [k for k in ("steps", "tokens", "seconds") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise GrowLengthError(
+                f"give exactly one budget (budget_steps, budget_tokens or budget_seconds), got {given or 'none'}"
+            )
+        if getattr(self, given[0]) <= 0:
+            raise GrowLengthError(f"budget_{given[0]} must be positive, got {getattr(self, given[0])}")
+
+    @property
+    def unit(self) -> str:
+        return "steps" if self.steps is not None else "tokens" if self.tokens is not None else "seconds"
+
+    @property
+    def total(self) -> float:
+        return float(getattr(self, self.unit))
+
+    def fraction(self, *, step: int, tokens: int, seconds: float) -> float:
+        """The share of the budget done after `step` steps, `tokens` tokens and `seconds` of training."""
+        done = {"steps": step, "tokens": tokens, "seconds": seconds}[self.unit]
+        return min(1.0, done / self.total)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""growlength prepare | train | eval | plot — a thin shell over the functions that do the work."""
+"""The growlength command (prepare, train, eval, export, plot, bench, profile): a thin shell over the work."""
 
 import argparse
 import json

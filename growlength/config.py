@@ -18,8 +18,8 @@ import yaml
 
 from growlength.budget import BATCH_POLICIES
 from growlength.errors import GrowLengthError
-from growlength.positions import parse_rope_scaling, parse_rope_theta
 from growlength.recipes import BASELINE, DEFAULT_RUNS, RECIPES, recipe
+from growlength.rope import parse_rope_scaling, parse_rope_theta
 from growlength.schedule import SCHEDULES, doubling_lengths, make_schedule
 from growlength.trackers import tracker_names
 

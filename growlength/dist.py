@@ -129,7 +129,8 @@ def no_sync(model, micro: int, accum: int):
     last = micro == accum - 1
     if is_sharded(model):
         model.set_requires_gradient_sync(last)
-        model.set_reshard_after_forward(accum == 1)
+        model.set_reshard_after_forward(accum == 1)  # (FSDP's own setting when there is one micro-batch:
+        model.set_reshard_after_forward(False, recurse=False)  # the blocks reshard, the root stays gathered)
         model.set_reshard_after_backward(last)
         return nullcontext()
     if last or not hasattr(model, "no_sync"):

@@ -1,6 +1,6 @@
 """Text -> token ids: the options that decide them, the val choice, the tokenizer, the worker pool.
 
-- The val split is whole documents: a document goes to val when a seeded hash of its position
+- The val split is whole documents: a document goes to val when a seeded hash of its record id
   (source index, record index) falls below val_fraction, so the choice needs no second pass and does
   not depend on how the inputs are split between machines (--part) or workers.
 - The tokenizer (a byte-level BPE, HF `tokenizers`) is trained on a seeded sample of at most
@@ -63,8 +63,8 @@ def unit_hash(*key) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
-def is_val(seed: int, position: tuple[int, int], val_fraction: float) -> bool:
-    return unit_hash("val", seed, *position) < val_fraction
+def is_val(seed: int, record_id: tuple[int, int], val_fraction: float) -> bool:
+    return unit_hash("val", seed, *record_id) < val_fraction
 
 
 # --- the tokenizer --------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def tokenizer_sample(sources: list, opts: PrepareOptions, with_val: bool = False
     (a document longer than the whole budget is cut to it): a uniform sample in bounded memory."""
     heap: list[tuple[float, int, str]] = []  # max-heap by key, through negation
     chars = 0
-    for position, text in tqdm(
+    for record_id, text in tqdm(
         documents(sources, opts.text_field),
         desc="sample for tokenizer",
         unit="doc",
@@ -83,9 +83,9 @@ def tokenizer_sample(sources: list, opts: PrepareOptions, with_val: bool = False
         leave=False,
         disable=None,  # not on a terminal: no bar (the encode bar that follows reports the pass)
     ):
-        if not text.strip() or (not with_val and is_val(opts.seed, position, opts.val_fraction)):
+        if not text.strip() or (not with_val and is_val(opts.seed, record_id, opts.val_fraction)):
             continue
-        key = unit_hash("sample", opts.seed, *position)
+        key = unit_hash("sample", opts.seed, *record_id)
         if chars >= opts.tokenizer_sample and key > -heap[0][0]:
             continue
         text = text[: opts.tokenizer_sample]
@@ -190,17 +190,17 @@ class Batch:
     texts: list[str]
     val: list[bool]
     chars: int
-    end: tuple[int, int]  # the position of the record after the batch's last
+    end: tuple[int, int]  # the id of the record after the batch's last
 
 
 def batches(sources: list, opts: PrepareOptions, start: tuple[int, int]) -> Iterator[Batch]:
     """Non-blank documents in batches of about BATCH_CHARS characters, cut by the reader alone."""
     batch = Batch([], [], 0, start)
-    for position, text in documents(sources, opts.text_field, start):
-        batch.end = (position[0], position[1] + 1)
+    for record_id, text in documents(sources, opts.text_field, start):
+        batch.end = (record_id[0], record_id[1] + 1)
         if text.strip():
             batch.texts.append(text)
-            batch.val.append(is_val(opts.seed, position, opts.val_fraction))
+            batch.val.append(is_val(opts.seed, record_id, opts.val_fraction))
             batch.chars += len(text)
         if batch.chars >= BATCH_CHARS:
             yield batch

@@ -95,7 +95,7 @@ def evaluate_checkpoint(
     length asked for."""
     from growlength.checkpoint import model_from_checkpoint, open_checkpoint
     from growlength.models import max_positions
-    from growlength.plan import device_for
+    from growlength.preflight import device_for
 
     opened = open_checkpoint(ckpt, data)
     path, cfg, model_cfg, tokens = opened.path, opened.state["config"], opened.model_cfg, opened.data

@@ -24,7 +24,7 @@ _AFTER_HEAD = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 def lm_loss(model, inputs_BT: torch.Tensor, targets_BT: torch.Tensor, position_ids_BT=None) -> torch.Tensor:
     """Mean next-token cross-entropy; the logits are upcast so bf16 runs lose no precision here.
-    Position ids that restart inside a row (tokens.doc_positions) keep attention inside each document.
+    Position ids that restart inside a row (tokens.doc_position_ids) keep attention inside each document.
     With `bound_logits` and more targets than its chunk, the head returns the loss itself, in pieces."""
     head = dist.unwrap(model).get_output_embeddings()
     chunk = getattr(head, "loss_chunk_tokens", 0)

@@ -99,7 +99,7 @@ def _read_config_json(model: str) -> dict:
 def init_config(folder: str, *, vocab_size: int, target_len: int):
     """The config of a local `save_pretrained` folder to continue training from (no download: a folder
     or nothing). Its max_position_embeddings is raised to target_len where that is beyond it: a rotary
-    model has no learned positions, and the position policy (positions.py) says how RoPE meets them."""
+    model has no learned positions, and the position policy (rope.py) says how RoPE meets them."""
     from transformers import AutoConfig
 
     path = Path(folder)
@@ -201,8 +201,17 @@ def build_model(
     else:
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        _checkpoint_activations(model)
     return model.train()
+
+
+def _checkpoint_activations(model) -> None:
+    """transformers' activation checkpointing, non-reentrant; named `activation_checkpointing_enable` from
+    5.2x, `gradient_checkpointing_enable` before (the GPU machine's image has 5.17)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def set_rope(model, rope_parameters: dict) -> bool:
@@ -230,8 +239,13 @@ def compile_model(model, lengths: int):
     2 x the schedule's lengths: a schedule of many lengths (a linear ramp in steps of 8) then recompiles
     at each, and the run reports what that costs, instead of silently falling back to eager code past
     the default limit of 8. Evaluation runs eager (`eager`)."""
+    import torch._dynamo
     import torch._dynamo.config as dynamo
 
+    # blocks of one class share compiled code, guarded on type and shapes: a second model of the same
+    # class in this process (the next recipe of a bench) would reuse the first one's graphs and report
+    # no compiling; each run starts from an empty cache and counts its own
+    torch._dynamo.reset()
     dynamo.recompile_limit = max(dynamo.recompile_limit, 2 * lengths)
     dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 2 * lengths)
     blocks = transformer_blocks(model)

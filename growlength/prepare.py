@@ -1,11 +1,11 @@
 """Text -> token shards: a streaming reader, a pool of encoding workers, a resumable shard writer.
 
-    inputs --readers.documents--> (position, text) --encode.batches of ~1M chars--> workers encode in
+    inputs --readers.documents--> (record id, text) --encode.batches of ~1M chars--> workers encode in
            order --> ShardWriter("train") / ShardWriter("val") --commit + .prepare-state.json per
            batch--> meta.json last
 
 How documents become ids (the val choice, the tokenizer sample, the pool) is in encode.py. Here: the
-prepared folder. After each batch the writers commit and the state (input position, shards, open-file
+prepared folder. After each batch the writers commit and the state (the next record's id, shards, open-file
 lengths) is saved atomically; a rerun of the same command resumes from it, a different command is
 refused with the reason. meta.json is written last: a folder without it is never taken for a prepared
 one.
@@ -114,7 +114,7 @@ def _fresh_state(tokenizer, opts: PrepareOptions) -> dict:
             f"the tokenizer has no token {opts.eos_token!r}: give the separator with --eos-token"
         )
     return {
-        "position": [0, 0],
+        "next_record": [0, 0],
         "dtype": "uint16" if tokenizer.get_vocab_size() <= 2**16 else "uint32",
         "eos_id": eos_id,
         "docs": {"train": 0, "val": 0},
@@ -125,7 +125,7 @@ def _fresh_state(tokenizer, opts: PrepareOptions) -> dict:
 
 
 def _encode_all(sources, out: Path, opts: PrepareOptions, tokenizer, state: dict, workers: int) -> dict:
-    """Encode from the saved position to the end, committing the writers and the state after each batch."""
+    """Encode from the saved next record to the end, committing the writers and the state after each batch."""
     writers = {
         split: ShardWriter(out, split, state["dtype"], opts.shard_tokens, state["splits"][split])
         for split in ("train", "val")
@@ -135,7 +135,7 @@ def _encode_all(sources, out: Path, opts: PrepareOptions, tokenizer, state: dict
     total = sum(s.path.stat().st_size for s in plain) if len(plain) == sum(1 for s in sources if s) else 0
     bar = Meter(total or None, initial=state["chars"], desc="encode", unit="char", scale=True)
     started = time.perf_counter() - state["seconds"]
-    stream = batches(sources, opts, tuple(state["position"]))
+    stream = batches(sources, opts, tuple(state["next_record"]))
     for batch, ids, lengths in encoded(stream, tokenizer, state["eos_id"], workers):
         ends = np.cumsum(lengths)
         for end, n, val in zip(ends, lengths, batch.val, strict=True):
@@ -143,7 +143,7 @@ def _encode_all(sources, out: Path, opts: PrepareOptions, tokenizer, state: dict
         state["docs"]["val"] += sum(batch.val)
         state["docs"]["train"] += len(batch.val) - sum(batch.val)
         state["chars"] += batch.chars
-        state["position"] = list(batch.end)
+        state["next_record"] = list(batch.end)
         state["seconds"] = time.perf_counter() - started
         state["splits"] = {split: writer.commit() for split, writer in writers.items()}
         _save_json(out / STATE, state)

@@ -30,7 +30,7 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
     values = {**cfg.to_dict(), "schedule": "stages", "stages": _stages(lengths), "batch_policy": "tokens"}
     with tempfile.TemporaryDirectory(prefix="growlength-profile-") as tmp:
         run = setup(TrainConfig(**values), Path(tmp) / "run", resume=False)
-        shapes = [run.shapes[n] for n in lengths]
+        shapes = [run.shape_by_len[n] for n in lengths]
         ours: dict[int, list[float]] = {n: [] for n in lengths}
         bare: dict[int, list[float]] = {n: [] for n in lengths}
         peak: dict[int, float] = {}

@@ -10,7 +10,7 @@ records one by one:
     a `save_to_disk` folder        one document per row, memory-mapped by `datasets`
     any other file                 the whole file is one document (.txt, .md, .c, .py, ...)
 
-A record's position is (source index, record index): the key that the val split hashes, and where a
+A record's id is (source index, record index): the key that the val split hashes, and where a
 resumed prepare starts again (records before it are skipped without being parsed where possible).
 """
 
@@ -199,7 +199,7 @@ def documents(
     sources: list[Source | None], text_field: str = "text", start: tuple[int, int] = (0, 0)
 ) -> Iterator[tuple[tuple[int, int], str]]:
     """((source index, record index), text) for every record from `start` on, blank ones included
-    (so positions count records, whatever the caller keeps). None stands for a source another
+    (so record ids count records, whatever the caller keeps). None stands for a source another
     machine reads (--part): skipped, its index kept."""
     first_source, first_record = start
     for s in range(first_source, len(sources)):

@@ -7,6 +7,8 @@ each the continuous form of its own formula over the fraction of the budget, whi
 favourable reading: no off-by-one step, no rounding of the warm-up into whole batches, no crash.
 
 `RECIPES` is the table the bench runs: each recipe is a set of train-config values.
+
+Shapes (docs/glossary.md): B samples, S tokens of a sample, R rows cut from them.
 """
 
 import math
@@ -62,13 +64,13 @@ def composer_seq_len(
     return min(max(seq_len, min_len), max_len)
 
 
-def composer_seq_len_at(progress: float, *, duration: float, min_len: int, max_len: int, step_size: int) -> int:
+def composer_seq_len_at(fraction: float, *, duration: float, min_len: int, max_len: int, step_size: int) -> int:
     """The same staircase over a fraction of the budget (token and time budgets): equal shares of the
     warm-up at each of the (max - min) // step_size + 1 lengths, the last reached at `duration`."""
     num_updates = (max_len - min_len) // step_size
     if duration <= 0 or num_updates == 0:
         return max_len
-    seq_len = step_size * math.floor(progress * num_updates / duration + 1e-9) + min_len
+    seq_len = step_size * math.floor(fraction * num_updates / duration + 1e-9) + min_len
     return min(max(seq_len, min_len), max_len)
 
 
@@ -134,7 +136,7 @@ RECIPES = {
     "growlength": {"schedule": "doubling", "start_len": "{start_len}"},
     "growlength-64": {"schedule": "doubling", "start_len": 64},
     # GrowLength planned from this machine's measured speed (schedule.plan_stages): doubling lengths,
-    # time shares growing with how much cheaper each length's tokens are; measuring counts as training time
+    # time shares growing with how much cheaper each length's tokens are; measuring is setup, not training time
     "growlength-auto": {"schedule": "auto", "start_len": "{start_len}"},
     # GrowLength with rows held constant: short steps hold fewer tokens (the other reading of the paper)
     "growlength-rows": {"schedule": "doubling", "start_len": "{start_len}", "batch_policy": "rows"},

@@ -1,11 +1,11 @@
-"""Length and learning-rate schedules: pure functions of training progress.
+"""Length and learning-rate schedules: pure functions of the fraction of the budget done.
 
-`progress` is the fraction of the budget spent, in [0, 1]; the budget is counted in optimizer steps,
-tokens or wall-clock seconds (`Budget`). Every function here is pure: same progress, same answer, no
+`fraction` is the share of the budget done, in [0, 1]; the budget is counted in optimizer steps,
+tokens or wall-clock seconds (`budget.Budget`). Every function here is pure: same fraction, same answer, no
 torch and no hidden state, so a resumed run asks the same questions and gets the same answers.
 
 Worked example, doubling from 128 to 1024 over a 4e8-token budget (four equal stages):
-    progress 0.00-0.25 -> 128, 0.25-0.50 -> 256, 0.50-0.75 -> 512, 0.75-1.00 -> 1024
+    fraction 0.00-0.25 -> 128, 0.25-0.50 -> 256, 0.50-0.75 -> 512, 0.75-1.00 -> 1024
 """
 
 import math
@@ -21,43 +21,12 @@ RAMPS = ("linear", "root", "deepspeed", "composer")  # grow in steps of `multipl
 
 
 @dataclass(frozen=True, kw_only=True)
-class Budget:
-    """How long to train: exactly one of steps, tokens or seconds (training time, eval excluded)."""
-
-    steps: int | None = None
-    tokens: int | None = None
-    seconds: float | None = None
-
-    def __post_init__(self):
-        given = [k for k in ("steps", "tokens", "seconds") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise GrowLengthError(
-                f"give exactly one budget (budget_steps, budget_tokens or budget_seconds), got {given or 'none'}"
-            )
-        if getattr(self, given[0]) <= 0:
-            raise GrowLengthError(f"budget_{given[0]} must be positive, got {getattr(self, given[0])}")
-
-    @property
-    def unit(self) -> str:
-        return "steps" if self.steps is not None else "tokens" if self.tokens is not None else "seconds"
-
-    @property
-    def total(self) -> float:
-        return float(getattr(self, self.unit))
-
-    def progress(self, *, step: int, tokens: int, seconds: float) -> float:
-        """Fraction of the budget spent after `step` steps, `tokens` tokens and `seconds` of training."""
-        done = {"steps": step, "tokens": tokens, "seconds": seconds}[self.unit]
-        return min(1.0, done / self.total)
-
-
-@dataclass(frozen=True, kw_only=True)
 class LengthSchedule:
-    """seq_len as a function of progress.
+    """seq_len as a function of fraction.
 
-    Stepped schedules (doubling, constant, stages) hold `lengths[i]` until progress reaches `ends[i]`.
+    Stepped schedules (doubling, constant, stages) hold `lengths[i]` until fraction reaches `ends[i]`.
     Ramps (linear, root) grow from start_len to target_len over the first `ramp` of the budget as
-    start + (target - start) * (progress / ramp) ** (1 / degree), rounded down to `multiple`.
+    start + (target - start) * (fraction / ramp) ** (1 / degree), rounded down to `multiple`.
     `deepspeed` and `composer` are those peers' own formulas (recipes.py): exact, in their step
     numbering, when the budget is a number of steps (`total_steps`), their continuous form otherwise.
     `dd` is Dataset Decomposition (buckets.py): a power-of-two bucket drawn per step, seeded by the step,
@@ -85,34 +54,34 @@ class LengthSchedule:
         """Grows through a few lengths, once each (a change of length is an event worth logging)."""
         return self.kind in ("doubling", "stages", "constant")
 
-    def seq_len_at(self, progress: float, step: int = 0) -> int:
-        """The length at `progress` (the `step` about to be taken matters only to `dd`'s draw)."""
+    def seq_len_at(self, fraction: float, step: int = 0) -> int:
+        """The length at `fraction` (the `step` about to be taken matters only to `dd`'s draw)."""
         if self.kind == "dd":
-            return dd_seq_len(progress, step, seed=self.seed, lengths=self.lengths, shares=list(self.shares))
+            return dd_seq_len(fraction, step, seed=self.seed, lengths=self.lengths, shares=list(self.shares))
         if self.kind == "deepspeed":
-            return self._deepspeed(progress)
+            return self._deepspeed(fraction)
         if self.kind == "composer":
-            return self._composer(progress)
+            return self._composer(fraction)
         if self.is_ramp:
-            return ramp_seq_len(progress, self.start_len, self.target_len, self.ramp, self.multiple, self.degree)
-        return stepped_seq_len(progress, self.lengths, self.ends)
+            return ramp_seq_len(fraction, self.start_len, self.target_len, self.ramp, self.multiple, self.degree)
+        return stepped_seq_len(fraction, self.lengths, self.ends)
 
-    def _deepspeed(self, progress: float) -> int:
+    def _deepspeed(self, fraction: float) -> int:
         lengths = dict(min_len=self.start_len, max_len=self.target_len, difficulty_step=self.multiple)
         if self.ramp <= 0:
             return self.target_len
         if self.total_steps is None:
-            return deepspeed_seq_len(progress, total_curriculum_step=self.ramp, **lengths)
-        # progress = steps done / total; DeepSpeed trains step k + 1 at global_steps + 1 (engine.py)
-        steps_done = round(progress * self.total_steps)
+            return deepspeed_seq_len(fraction, total_curriculum_step=self.ramp, **lengths)
+        # fraction = steps done / total; DeepSpeed trains step k + 1 at global_steps + 1 (engine.py)
+        steps_done = round(fraction * self.total_steps)
         total = max(1, round(self.ramp * self.total_steps))
         return deepspeed_seq_len(steps_done + 1, total_curriculum_step=total, **lengths)
 
-    def _composer(self, progress: float) -> int:
+    def _composer(self, fraction: float) -> int:
         lengths = dict(min_len=self.start_len, max_len=self.target_len, step_size=self.multiple)
         if self.total_steps is None:
-            return composer_seq_len_at(progress, duration=self.ramp, **lengths)
-        batch = round(progress * self.total_steps)
+            return composer_seq_len_at(fraction, duration=self.ramp, **lengths)
+        batch = round(fraction * self.total_steps)
         return composer_seq_len(batch, max_duration_batches=self.total_steps, duration=self.ramp, **lengths)
 
     def all_lengths(self) -> tuple[int, ...]:
@@ -132,25 +101,25 @@ class LengthSchedule:
         return self.all_lengths()[-1]
 
 
-def stepped_seq_len(progress: float, lengths: tuple[int, ...], ends: tuple[float, ...]) -> int:
-    """lengths[i] for the first i with progress < ends[i]; the last length once progress >= 1."""
+def stepped_seq_len(fraction: float, lengths: tuple[int, ...], ends: tuple[float, ...]) -> int:
+    """lengths[i] for the first i with fraction < ends[i]; the last length once fraction >= 1."""
     for seq_len, end in zip(lengths, ends):
-        if progress < end:
+        if fraction < end:
             return seq_len
     return lengths[-1]
 
 
 def ramp_seq_len(
-    progress: float, start_len: int, target_len: int, ramp: float, multiple: int, degree: int = 1
+    fraction: float, start_len: int, target_len: int, ramp: float, multiple: int, degree: int = 1
 ) -> int:
     """A ramp from start_len to target_len over `ramp` of the budget, rounded down to `multiple`.
 
     >>> ramp_seq_len(0.15, 128, 1024, ramp=0.3, multiple=64)  # halfway: 128 + 448 = 576
     576
     """
-    if ramp <= 0 or progress >= ramp:
+    if ramp <= 0 or fraction >= ramp:
         return target_len
-    grown = (target_len - start_len) * (progress / ramp) ** (1.0 / degree)
+    grown = (target_len - start_len) * (fraction / ramp) ** (1.0 / degree)
     seq_len = int(start_len + grown) // multiple * multiple
     return min(target_len, max(start_len, seq_len))
 
@@ -300,10 +269,10 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def lr_at(progress: float, *, lr: float, warmup: float, min_lr_ratio: float) -> float:
+def lr_at(fraction: float, *, lr: float, warmup: float, min_lr_ratio: float) -> float:
     """Linear warmup over the first `warmup` of the budget, then cosine down to lr * min_lr_ratio."""
-    if warmup > 0 and progress < warmup:
-        return lr * progress / warmup
-    decay = min(1.0, (progress - warmup) / max(1e-12, 1.0 - warmup))
+    if warmup > 0 and fraction < warmup:
+        return lr * fraction / warmup
+    decay = min(1.0, (fraction - warmup) / max(1e-12, 1.0 - warmup))
     min_lr = lr * min_lr_ratio
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * decay))

@@ -9,10 +9,10 @@ import torch
 
 from growlength import dist
 from growlength.buckets import BucketLoader
-from growlength.budget import StepShape
+from growlength.budget import Budget, StepShape
 from growlength.config import TrainConfig
 from growlength.evaluate import autocast_context
-from growlength.schedule import Budget, LengthSchedule
+from growlength.schedule import LengthSchedule
 from growlength.tokens import Loader, TokenData
 from growlength.trackers import NoTrackers, Trackers
 
@@ -45,8 +45,7 @@ class Ahead:
     shape: StepShape
     loader_state: dict
     cursor: int  # the loader's tokens read before it
-    inputs_BT: torch.Tensor
-    targets_BT: torch.Tensor
+    rows_BT1: torch.Tensor  # its rows of seq_len + 1 tokens: inputs [:, :-1], targets [:, 1:]
 
 
 @dataclass(kw_only=True)
@@ -56,7 +55,7 @@ class Run:
     data: TokenData
     schedule: LengthSchedule
     budget: Budget
-    shapes: dict[int, StepShape]
+    shape_by_len: dict[int, StepShape]  # the step shape at each length of the schedule
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     loader: Loader | BucketLoader

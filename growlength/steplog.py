@@ -25,7 +25,7 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
         "lr": lr,
         "wall_s": round(p.seconds, 4),
         "tokens_per_s": round(shape.tokens / max(step_s, 1e-9), 1),
-        "stage": p.seq_lens.index(shape.seq_len) + 1,
+        "stage": stage(run, shape.seq_len),
     }
     if run.peak_flops:  # tokens/s is every rank's together, the peak one device's
         flops_per_s = record["tokens_per_s"] * run.flops_by_len[shape.seq_len]
@@ -44,6 +44,11 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
             )
     run.trackers.write(record)
     return record
+
+
+def stage(run: Run, seq_len: int) -> int:
+    """The stage of a length: its place (from 1) among the schedule's lengths, in the record and the bar."""
+    return run.schedule.all_lengths().index(seq_len) + 1
 
 
 def stage_change_record(loss: float, before: list[float]) -> dict:
@@ -70,11 +75,11 @@ def progress_bar(run: Run, show: bool) -> Meter:
 
 
 def update_bar(bar: Meter, run: Run, record: dict) -> None:
-    done = {"steps": 1, "tokens": run.shapes[record["seq_len"]].tokens, "seconds": run.progress.last_step_s}
+    done = {"steps": 1, "tokens": run.shape_by_len[record["seq_len"]].tokens, "seconds": run.progress.last_step_s}
     stages = len(run.schedule.all_lengths())
-    stage = f"stage {run.schedule.all_lengths().index(record['seq_len']) + 1}/{stages} " if stages < 10 else ""
+    shown = f"stage {record['stage']}/{stages} " if stages < 10 else ""
     postfix = (
-        f"{stage}seq_len {record['seq_len']} rows {record['rows']} "
+        f"{shown}seq_len {record['seq_len']} rows {record['rows']} "
         f"{record['tokens_per_s']:,.0f} tok/s "
         + (f"MFU {record['mfu']:.0%} " if "mfu" in record else "")
         + f"loss {record['loss']:.3f}"

@@ -4,6 +4,8 @@ a leaf that imports no part of the loop.
 
 Steps at the different lengths are interleaved (one at each length, round after round, in alternating
 order), so a slow spell of a shared machine lands on every length alike.
+
+Shapes (docs/glossary.md): B rows, T positions.
 """
 
 import json
@@ -31,9 +33,9 @@ def measure_tokens_per_s(
         for shape in shapes if r % 2 == 0 else shapes[::-1]:
             ids = torch.randint(0, vocab, (shape.micro_rows * shape.accum, shape.seq_len + 1), generator=generator)
             ids = ids.to(device)
-            positions = _two_documents(shape, device) if packed else None
+            position_ids = _two_documents(shape, device) if packed else None
             started = time.perf_counter()
-            forward_backward(model, ids, shape, autocast, positions)
+            forward_backward(model, ids, shape, autocast, position_ids)
             model.zero_grad(set_to_none=True)
             elapsed = sync_time(device, started)
             if r > 0:

@@ -20,6 +20,8 @@ Read as one window, a step's rows would be neighbours (64 rows of 32 tokens: one
 With `lanes` the rows are dealt round robin from that many far-apart regions of the stream instead, so
 a step of short rows is as varied as a batch of shuffled samples; each lane still reads front to back,
 so the count of every token stays exact and resumable (a cursor per lane).
+
+Shapes (docs/glossary.md): B rows, T positions, R a step's rows over all ranks, r this rank's.
 """
 
 import json
@@ -93,7 +95,7 @@ def gather(tokens: np.ndarray | Stream, index: np.ndarray) -> np.ndarray:
     return picked.astype(np.int64)
 
 
-def positions_of(tokens: np.ndarray | Stream, value: int) -> np.ndarray:
+def indices_of(tokens: np.ndarray | Stream, value: int) -> np.ndarray:
     """Where `value` occurs in a token array or stream, one shard at a time (never the whole in memory)."""
     parts = tokens.parts if isinstance(tokens, Stream) else [tokens]
     found, offset = [], 0
@@ -358,7 +360,7 @@ def deal(rows: int, lanes: int, first_lane: int) -> tuple[np.ndarray, np.ndarray
     return lane_R, dealt_R // lanes - (lane_R < first_lane)
 
 
-def doc_positions(inputs_BT: np.ndarray, eos_id: int) -> np.ndarray:
+def doc_position_ids(inputs_BT: np.ndarray, eos_id: int) -> np.ndarray:
     """Position ids that restart at each document of a packed row: a document starts at the row's
     first token and after each end-of-text token (which ends its own document). Given to a Hugging Face
     model as `position_ids`, they also keep attention inside each document (transformers reads packed

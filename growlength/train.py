@@ -1,8 +1,10 @@
 """The reference GrowLength training loop, top to bottom.
 
 setup: data, schedule, model, optimizer, loader, and the checks that fail before any work starts.
-loop:  progress -> seq_len and lr -> batch -> forward/backward over micro-batches -> optimizer step
-       -> log -> (eval + checkpoint when due).
+loop:  fraction of the budget -> seq_len and lr -> batch -> forward/backward over micro-batches
+       -> optimizer step (and the next batch read ahead) -> log -> eval and checkpoint when due.
+
+Shapes (docs/glossary.md): B rows, T positions (T1: seq_len + 1 tokens), R a step's rows, S sample tokens.
 """
 
 import contextlib
@@ -26,7 +28,8 @@ from growlength.evaluate import val_losses
 from growlength.flops import device_name, flops_per_token, peak_flops
 from growlength.loss import bound_logits, lm_loss
 from growlength.models import build_model, compile_model, compile_stats, count_params, eager, set_rope
-from growlength.plan import (
+from growlength.preflight import (
+    Preflight,
     check_attention,
     data_path,
     device_for,
@@ -39,7 +42,7 @@ from growlength.schedule import LengthSchedule, doubling_lengths, lr_at, plan_st
 from growlength.state import Ahead, Progress, Run
 from growlength.steplog import log_step, progress_bar, update_bar
 from growlength.throughput import measure_tokens_per_s, read_throughput
-from growlength.tokens import Loader, doc_positions
+from growlength.tokens import Loader, doc_position_ids
 from growlength.trackers import Trackers, tracker_names
 
 
@@ -58,8 +61,8 @@ def _loop(run: Run, show_progress: bool) -> dict:
         evaluate(run)  # the curves start at the untrained model
     bar = progress_bar(run, show_progress)
     while not finished(run):
-        fraction = run.budget.progress(step=p.step, tokens=p.tokens, seconds=p.seconds)
-        shape = run.shapes[run.schedule.seq_len_at(fraction, p.step)]
+        fraction = run.budget.fraction(step=p.step, tokens=p.tokens, seconds=p.seconds)
+        shape = run.shape_by_len[run.schedule.seq_len_at(fraction, p.step)]
         if not worth_a_step(run, shape):
             break
         set_positions(run, shape.seq_len)
@@ -83,37 +86,37 @@ def _loop(run: Run, show_progress: bool) -> dict:
 
 
 def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
-    """Everything the loop needs: checked plan, model, optimizer, loader, and the restored progress."""
+    """Everything the loop needs: the checked config, model, optimizer, loader, and the restored progress."""
     cfg = resolve_config(cfg, out, resume)
     device = device_for(cfg.device)
     check_attention(cfg.attn_implementation, device)
     world = dist.init(device)
-    plan = preflight(cfg, data_path(cfg, world), world.size)
+    checked = preflight(cfg, data_path(cfg, world), world.size)
     make_out_dir(out)
     model = build_model(
-        plan.model_cfg, cfg.seed, cfg.attn_implementation, cfg.activation_checkpointing, init_from=cfg.init_from
+        checked.model_cfg, cfg.seed, cfg.attn_implementation, cfg.activation_checkpointing, init_from=cfg.init_from
     )
     n_params = count_params(model)
-    flops_by_len = {s.seq_len: flops_per_token(model, s.seq_len) for s in plan.shapes}
+    flops_by_len = {s.seq_len: flops_per_token(model, s.seq_len) for s in checked.shapes}
     bound_logits(model, cfg.loss_chunk_tokens)
     if cfg.compile:
-        compile_model(model, len(plan.shapes))
+        compile_model(model, len(checked.shapes))
     model = dist.wrap(model, world, device, cfg.parallel)  # built on the CPU, moved (or sharded) onto the device
     run = Run(
         cfg=cfg,
         out=out,
-        data=plan.data,
-        schedule=plan.schedule,
-        budget=plan.budget,
-        shapes={s.seq_len: s for s in plan.shapes},
+        data=checked.data,
+        schedule=checked.schedule,
+        budget=checked.budget,
+        shape_by_len={s.seq_len: s for s in checked.shapes},
         model=model,
         optimizer=_optimizer(model, cfg, device),
-        loader=_loader(plan, cfg, world),
+        loader=_loader(checked, cfg, world),
         device=device,
         world=world,
         flops_by_len=flops_by_len,
         peak_flops=peak_flops(device_name(device), cfg.peak_tflops),
-        rope_at=plan.rope_at,
+        rope_at=checked.rope_at,
         compile_seen=compile_stats() if cfg.compile else (0, 0.0),
     )
     if resume:
@@ -121,11 +124,11 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     if world.is_main:
         save_config(cfg, out / "config.yaml")
         run.trackers = Trackers(out, tracker_names(cfg.log_to), step=run.progress.step, config=cfg.to_dict())
-        lengths = [s.seq_len for s in plan.shapes]
+        lengths = [s.seq_len for s in checked.shapes]
         shown = lengths if len(lengths) <= 8 else f"{lengths[0]}..{lengths[-1]} ({len(lengths)} lengths)"
         print(
             f"model {cfg.model}: {n_params / 1e6:.2f}M parameters on {device}; schedule "
-            f"{cfg.schedule} {shown}; budget {plan.budget.total:g} {plan.budget.unit}"
+            f"{cfg.schedule} {shown}; budget {checked.budget.total:g} {checked.budget.unit}"
         )
     if cfg.schedule == "auto":
         run.schedule = auto_schedule(run)
@@ -145,7 +148,7 @@ def auto_schedule(run: Run) -> LengthSchedule:
         if cfg.plan_from:
             table = read_throughput(cfg.plan_from, lengths)
         else:
-            shapes = [run.shapes[n] for n in lengths]
+            shapes = [run.shape_by_len[n] for n in lengths]
             table = measure_tokens_per_s(dist.unwrap(run.model), shapes, run.device, run.autocast)
         p.planned_tokens_per_s = {str(n): dist.broadcast_float(v) for n, v in table.items()}
     plan_s = time.perf_counter() - started
@@ -159,29 +162,28 @@ def auto_schedule(run: Run) -> LengthSchedule:
     return planned_schedule(stages)
 
 
-def _loader(plan, cfg: TrainConfig, world: dist.World) -> Loader | BucketLoader:
+def _loader(checked: Preflight, cfg: TrainConfig, world: dist.World) -> Loader | BucketLoader:
     """The re-chunking stream, or for Dataset Decomposition the bucket loader."""
     where = dict(seed=cfg.seed, rank=world.rank, world_size=world.size)
-    if plan.buckets is not None:
-        return BucketLoader(plan.data.train, plan.buckets, **where)
-    return Loader(plan.data.train, block_tokens=cfg.block_tokens, lanes=cfg.lanes, **where)
+    if checked.buckets is not None:
+        return BucketLoader(checked.data.train, checked.buckets, **where)
+    return Loader(checked.data.train, block_tokens=cfg.block_tokens, lanes=cfg.lanes, **where)
 
 
 def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float]:
     """One optimizer step: accumulate gradients over micro-batches, clip, set the LR, step; then, while
     the device works through what was queued, read the next step's batch; then wait for the loss.
     Returns the mean loss and the LR used."""
-    inputs_BT, targets_BT = take_batch(run, shape)
+    rows_BT1 = take_batch(run, shape)  # each row its inputs and, one token on, its targets
     total = torch.zeros((), device=run.device)
     for micro in range(shape.accum):
         rows = slice(micro * shape.micro_rows, (micro + 1) * shape.micro_rows)
-        x = inputs_BT[rows].to(run.device, non_blocking=True)
-        y = targets_BT[rows].to(run.device, non_blocking=True)
-        positions = _doc_positions(run, inputs_BT[rows])
+        micro_BT1 = rows_BT1[rows].to(run.device, non_blocking=True)
+        position_ids = _doc_positions(run, rows_BT1[rows, :-1])
         # Weight by rows so a short last micro-batch counts for what it holds: the sum is the step's mean.
-        weight = len(x) / len(inputs_BT)
+        weight = len(micro_BT1) / len(rows_BT1)
         with dist.no_sync(run.model, micro, shape.accum), run.autocast():
-            loss = lm_loss(run.model, x, y, positions) * weight
+            loss = lm_loss(run.model, micro_BT1[:, :-1], micro_BT1[:, 1:], position_ids) * weight
             loss.backward()
         total += loss.detach()  # on the device: one sync per step, below
     if run.cfg.grad_clip > 0:
@@ -190,7 +192,7 @@ def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float
     lr = set_lr(run, fraction)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    read_ahead(run, run.shapes[run.schedule.seq_len_at(fraction, run.progress.step + 1)])
+    read_ahead(run, run.shape_by_len[run.schedule.seq_len_at(fraction, run.progress.step + 1)])
     loss = dist.mean_over_ranks(total.item())
     if not math.isfinite(loss):
         raise GrowLengthError(
@@ -200,23 +202,23 @@ def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float
     return loss, lr
 
 
-def take_batch(run: Run, shape: StepShape) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's (inputs, targets) of a step at `shape`: the batch read ahead if it was read for this
-    shape; else (a seconds budget that changed length a step sooner than guessed) the loader goes back
-    to where it was before reading ahead, and reads for the shape the step has."""
+def take_batch(run: Run, shape: StepShape) -> torch.Tensor:
+    """This rank's rows of a step at `shape` (seq_len + 1 tokens each): the batch read ahead if it was
+    read for this shape; else (a seconds budget that changed length a step sooner than guessed) the
+    loader goes back to where it was before reading ahead, and reads for the shape the step has."""
     ahead, run.ahead = run.ahead, None
     if ahead is not None:
         if ahead.shape == shape:
-            return ahead.inputs_BT, ahead.targets_BT
+            return ahead.rows_BT1
         run.loader.load_state_dict(ahead.loader_state)
-    return _host_batch(run, *read_batch(run.loader, shape))
+    return _host_rows(run, *read_batch(run.loader, shape))
 
 
 def read_ahead(run: Run, shape: StepShape) -> None:
     """Read the batch of the step expected next (its length from the progress this step ends at, as the
     loop will compute it: exact for step and token budgets) while the device computes this one."""
     state, cursor = run.loader.state_dict(), run.loader.cursor
-    run.ahead = Ahead(shape, state, cursor, *_host_batch(run, *read_batch(run.loader, shape)))
+    run.ahead = Ahead(shape, state, cursor, _host_rows(run, *read_batch(run.loader, shape)))
 
 
 def loader_state(run: Run) -> dict:
@@ -229,18 +231,23 @@ def data_tokens(run: Run) -> int:
     return run.ahead.cursor if run.ahead is not None else run.loader.cursor
 
 
-def _host_batch(run: Run, inputs_BT: np.ndarray, targets_BT: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPU tensors of a batch, in pinned memory on CUDA: their copies to the device then run async."""
-    pin = run.device.type == "cuda"
-    tensors = (torch.from_numpy(inputs_BT), torch.from_numpy(targets_BT))
-    return tuple(t.pin_memory() if pin else t for t in tensors)
+def _host_rows(run: Run, inputs_BT: np.ndarray, targets_BT: np.ndarray) -> torch.Tensor:
+    """A batch as one contiguous CPU tensor of rows of seq_len + 1 tokens (the targets are the inputs one
+    token on), written straight into pinned memory on CUDA: each micro-batch then goes to the device in
+    one asynchronous copy, and inputs and targets are views of it there."""
+    rows_BT1 = torch.empty(
+        (len(inputs_BT), inputs_BT.shape[1] + 1), dtype=torch.int64, pin_memory=run.device.type == "cuda"
+    )
+    out_BT1 = rows_BT1.numpy()
+    out_BT1[:, :-1], out_BT1[:, -1] = inputs_BT, targets_BT[:, -1]
+    return rows_BT1
 
 
 def _doc_positions(run: Run, inputs_BT: torch.Tensor) -> torch.Tensor | None:
     """With --doc-mask, position ids restarting at each document (None: 0 .. seq_len - 1 in every row)."""
     if not run.cfg.doc_mask:
         return None
-    positions_BT = doc_positions(inputs_BT.numpy(), int(run.data.meta["eos_id"]))
+    positions_BT = doc_position_ids(inputs_BT.numpy(), int(run.data.meta["eos_id"]))
     return torch.from_numpy(positions_BT).to(run.device, non_blocking=True)
 
 
@@ -287,7 +294,7 @@ def set_positions(run: Run, seq_len: int) -> None:
 
 def finished(run: Run) -> bool:
     p = run.progress
-    return run.budget.progress(step=p.step, tokens=p.tokens, seconds=p.seconds) >= 1.0
+    return run.budget.fraction(step=p.step, tokens=p.tokens, seconds=p.seconds) >= 1.0
 
 
 def worth_a_step(run: Run, shape: StepShape) -> bool:
@@ -316,7 +323,7 @@ def _fraction_after_step(run: Run, shape: StepShape, started: float) -> float:
     seconds = p.seconds
     if run.budget.seconds is not None:
         seconds += dist.broadcast_float(time.perf_counter() - started)
-    return run.budget.progress(step=p.step + 1, tokens=p.tokens + shape.tokens, seconds=seconds)
+    return run.budget.fraction(step=p.step + 1, tokens=p.tokens + shape.tokens, seconds=seconds)
 
 
 def eval_count(run: Run) -> int:
@@ -324,7 +331,7 @@ def eval_count(run: Run) -> int:
     p, cfg = run.progress, run.cfg
     if cfg.eval_every_tokens:
         return p.tokens // cfg.eval_every_tokens
-    fraction = run.budget.progress(step=p.step, tokens=p.tokens, seconds=p.seconds)
+    fraction = run.budget.fraction(step=p.step, tokens=p.tokens, seconds=p.seconds)
     return math.floor(fraction * cfg.evals + 1e-9)
 
 

@@ -2,8 +2,9 @@
 # The GPU reference, as one prepared script for a lent H200 (the `device` tool). It uses that machine's
 # own packages: torch 2.11 and transformers 5.17 (not this project's pins, which it cannot install: no
 # package index there), tokenizers, safetensors, numpy, tqdm, pyyaml, matplotlib, tensorboard, pytest,
-# all in its image; nothing is installed. About 6.5 minutes, each part under its own time limit (7 in
-# all, a cold compile included), so that a rerun still fits in the 15 minutes of device time.
+# all in its image; nothing is installed. About 5 minutes, each part under its own time limit (7 in
+# all at the very worst, a cold compile included), so that a rerun still fits in the 15 minutes of
+# device time.
 #
 # Here, first (the GPU machine cannot fetch the corpus package):
 #   .venv/bin/growlength prepare --out runs/data-gpu --vocab-size 8192
@@ -13,9 +14,9 @@
 #   device.txt           nvidia-smi, versions, pip list, and a line for each part that failed
 #   pytest-gpu.log       the GPU-only tests (pytest -m gpu)
 #   profile-eager.json   Pythia-160m's shape at 128 ... 8192, 65,536 tokens a step: tokens/s, MFU, peak MB
-#   profile-compiled.json  the same with --compile at 128, 512, 2048, 8192
+#   profile-compiled.json  the same with --compile at 128, 1024, 8192 (a cold compile at each)
 #   profile.log          both profiles' tables
-#   bench.json, bench.log, bench.png   fixed 8192 against the default schedule (32 -> 8192), 30 s each
+#   bench.json, bench.log, bench.png   fixed 8192 against the default schedule (32 -> 8192), 20 s each
 set -uo pipefail
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
@@ -29,22 +30,22 @@ VERSIONS="import torch, transformers as t; print('torch', torch.__version__, t._
 
 # 1. The GPU-only tests: bf16 + fused AdamW + peak memory + MFU, compile's graphs, the flash kernel
 #    reached eager and compiled, the cpu:gloo,cuda:nccl group.
-GROWLENGTH_TEST_DATA=$DATA timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
+GROWLENGTH_TEST_DATA=$DATA timeout 110 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
   > "$OUT/pytest-gpu.log" 2>&1 || failed "pytest -m gpu"
 
 # 2. Throughput, MFU and peak memory by length, eager, then compiled (each length compiles once, cold).
 timeout 60 python3 -m growlength profile --model pythia-160m-8k --data "$DATA" --device cuda --target-len 8192 \
   --tokens-per-step 65536 --micro-batch-tokens 65536 --block-tokens 65536 --log-to none --start-len 128 \
   --rounds 3 --quiet --out "$OUT/profile-eager.json" >> "$OUT/profile.log" 2>&1 || failed "profile eager"
-timeout 130 python3 -m growlength profile --model pythia-160m-8k --data "$DATA" --device cuda --target-len 8192 \
+timeout 150 python3 -m growlength profile --model pythia-160m-8k --data "$DATA" --device cuda --target-len 8192 \
   --tokens-per-step 65536 --micro-batch-tokens 65536 --block-tokens 65536 --log-to none --compile \
-  --lengths 128,512,2048,8192 --rounds 3 --quiet --out "$OUT/profile-compiled.json" >> "$OUT/profile.log" 2>&1 \
+  --lengths 128,1024,8192 --rounds 3 --quiet --out "$OUT/profile-compiled.json" >> "$OUT/profile.log" 2>&1 \
   || failed "profile compiled"
 
 # 3. Equal time at target 8192, bf16: the fixed-length baseline against the default schedule.
-timeout 140 python3 -m growlength bench --model pythia-160m-8k --data "$DATA" --device cuda --target-len 8192 \
-  --tokens-per-step 131072 --micro-batch-tokens 65536 --block-tokens 65536 --lr 6e-4 --budget-seconds 30 \
-  --evals 4 --eval-tokens 65536 --runs fixed-target,growlength --repeats 1 --extrapolate 1024,4096,8192 \
+timeout 100 python3 -m growlength bench --model pythia-160m-8k --data "$DATA" --device cuda --target-len 8192 \
+  --tokens-per-step 131072 --micro-batch-tokens 65536 --block-tokens 65536 --lr 6e-4 --budget-seconds 20 \
+  --evals 3 --eval-tokens 65536 --runs fixed-target,growlength --repeats 1 --extrapolate 1024,4096,8192 \
   --log-to none --out runs/bench-gpu --quiet > "$OUT/bench.log" 2>&1 || failed "bench"
 cp runs/bench-gpu/bench.json "$OUT/bench.json" 2>/dev/null
 cp runs/bench-gpu/bench-loss.png "$OUT/bench.png" 2>/dev/null

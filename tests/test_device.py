@@ -7,7 +7,7 @@ import torch.distributed as torch_dist
 
 from growlength import dist
 from growlength.errors import GrowLengthError
-from growlength.plan import device_for
+from growlength.preflight import device_for
 
 
 @pytest.fixture

@@ -109,5 +109,5 @@ def test_init_from_trains_in_train_mode_where_checkpointing_recomputes(exported,
     # transformers checkpoints a block's forward, not its hooks: count a module inside it (a pre-hook, as
     # the recompute stops early, once it has what the backward needs)
     run.model.gpt_neox.layers[0].attention.register_forward_pre_hook(lambda *_: calls.append(1))
-    train_step(run, run.shapes[64], time.perf_counter())
-    assert run.shapes[64].accum == 1 and len(calls) == (2 if checkpointing else 1)
+    train_step(run, run.shape_by_len[64], time.perf_counter())
+    assert run.shape_by_len[64].accum == 1 and len(calls) == (2 if checkpointing else 1)

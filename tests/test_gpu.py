@@ -58,10 +58,10 @@ def test_attention_runs_the_flash_kernel_eager_and_compiled(request, tmp_path, c
 
     data = os.environ.get("GROWLENGTH_TEST_DATA") or request.getfixturevalue("corpus")
     run = setup(tiny_config(data, device="cuda", compile=compiled), tmp_path / "run", resume=False)
-    train_step(run, run.shapes[64], time.perf_counter())  # compiles (when asked) outside the profile
+    train_step(run, run.shape_by_len[64], time.perf_counter())  # compiles (when asked) outside the profile
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prof:
-        train_step(run, run.shapes[64], time.perf_counter())
+        train_step(run, run.shape_by_len[64], time.perf_counter())
         torch.cuda.synchronize()
     names = {event.key for event in prof.key_averages()}
     assert any("flash" in name.lower() for name in names), sorted(names)

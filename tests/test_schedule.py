@@ -2,8 +2,9 @@ import math
 
 import pytest
 
+from growlength.budget import Budget
 from growlength.errors import GrowLengthError
-from growlength.schedule import Budget, doubling_lengths, lr_at, make_schedule, parse_stages, ramp_seq_len
+from growlength.schedule import doubling_lengths, lr_at, make_schedule, parse_stages, ramp_seq_len
 
 
 @pytest.mark.parametrize(
@@ -130,13 +131,13 @@ def test_parse_stages():
     assert parse_stages("128:0.25,1024:0.75") == ((128, 1024), (0.25, 0.75))
 
 
-def test_budget_progress_in_each_unit():
-    assert Budget(steps=10).progress(step=5, tokens=0, seconds=0) == 0.5
-    assert Budget(tokens=1000).progress(step=0, tokens=250, seconds=99) == 0.25
-    assert Budget(seconds=60).progress(step=3, tokens=5, seconds=90) == 1.0  # clamped
+def test_budget_fraction_in_each_unit():
+    assert Budget(steps=10).fraction(step=5, tokens=0, seconds=0) == 0.5
+    assert Budget(tokens=1000).fraction(step=0, tokens=250, seconds=99) == 0.25
+    assert Budget(seconds=60).fraction(step=3, tokens=5, seconds=90) == 1.0  # clamped
     # one step: the first step is at progress 0, and the run is over after it
-    assert Budget(steps=1).progress(step=0, tokens=0, seconds=0) == 0.0
-    assert Budget(steps=1).progress(step=1, tokens=0, seconds=0) == 1.0
+    assert Budget(steps=1).fraction(step=0, tokens=0, seconds=0) == 0.0
+    assert Budget(steps=1).fraction(step=1, tokens=0, seconds=0) == 1.0
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"steps": 1, "tokens": 5}, {"seconds": 0}, {"tokens": -3}])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from growlength.errors import GrowLengthError
-from growlength.tokens import Loader, Stream, eval_windows, open_tokens, positions_of
+from growlength.tokens import Loader, Stream, eval_windows, indices_of, open_tokens
 
 # Unique token values, so "each token exactly once" can be checked by value.
 STREAM = np.arange(10_000, dtype=np.uint32)
@@ -225,7 +225,7 @@ def test_a_stream_of_shards_reads_like_the_joined_array():
     index = rng.integers(0, len(STREAM), size=(50, 7))
     assert np.array_equal(stream.take(index), STREAM[index])
     stream_with_eos = Stream(shards_of(STREAM % 97, [1, 300, 9000]))
-    assert np.array_equal(positions_of(stream_with_eos, 5), np.flatnonzero(STREAM % 97 == 5))
+    assert np.array_equal(indices_of(stream_with_eos, 5), np.flatnonzero(STREAM % 97 == 5))
 
 
 @pytest.mark.parametrize("lanes", [1, 7])
@@ -262,17 +262,17 @@ def test_prepared_folders_of_the_first_format_and_of_shards_both_open(tmp_path):
 
 
 def test_doc_positions_restart_after_each_end_of_text():
-    from growlength.tokens import doc_positions
+    from growlength.tokens import doc_position_ids
 
     inputs = np.array([[7, 8, 0, 5, 6, 0, 0, 9], [1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 0, 3, 4, 5, 0]])
-    assert doc_positions(inputs, eos_id=0).tolist() == [
+    assert doc_position_ids(inputs, eos_id=0).tolist() == [
         [0, 1, 2, 0, 1, 2, 0, 0],
         [0, 1, 2, 3, 4, 5, 6, 7],  # no boundary: the usual 0 .. T-1
         [0, 0, 1, 2, 0, 1, 2, 3],
     ]
     rng = np.random.default_rng(0)
     rows = rng.integers(0, 4, size=(16, 64))  # eos (0) a quarter of the time
-    positions = doc_positions(rows, eos_id=0)
+    positions = doc_position_ids(rows, eos_id=0)
     for row, pos in zip(rows, positions, strict=True):
         for t in range(64):
             start = max([0] + [i + 1 for i in range(t) if row[i] == 0])

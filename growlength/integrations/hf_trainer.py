@@ -11,7 +11,7 @@
     trainer.train()                                  # or trainer.train(resume_from_checkpoint=True)
 
 Each item of the dataset is one whole micro-batch of `tokens_per_batch` tokens (rows = tokens_per_batch /
-seq_len) at the length the schedule gives the optimizer step it belongs to, with progress = step /
+seq_len) at the length the schedule gives the optimizer step it belongs to, with fraction = step /
 max_steps. So every optimizer step holds tokens_per_batch x gradient_accumulation_steps x world_size
 tokens whatever the length: Trainer's LR schedule over max_steps is a schedule over tokens, and
 `num_input_tokens_seen` is exact. Labels are the next tokens (`shift_labels`), so every token of a

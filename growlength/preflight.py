@@ -14,7 +14,7 @@ import torch
 
 from growlength import dist
 from growlength.buckets import bucket_starts
-from growlength.budget import StepShape, check_lengths
+from growlength.budget import Budget, StepShape, check_lengths
 from growlength.config import TrainConfig, load_config
 from growlength.errors import GrowLengthError
 from growlength.models import (
@@ -25,15 +25,15 @@ from growlength.models import (
     same_tokenizer,
     trained_context,
 )
-from growlength.positions import parse_rope_scaling, parse_rope_theta, rope_parameters_at
 from growlength.prepare import resolve_data
-from growlength.schedule import Budget, LengthSchedule, dd_lengths, make_schedule
+from growlength.rope import parse_rope_scaling, parse_rope_theta, rope_parameters_at
+from growlength.schedule import LengthSchedule, dd_lengths, make_schedule
 from growlength.tokens import TokenData, open_tokens
 from growlength.trackers import tracker_names
 
 
 @dataclass(frozen=True)
-class Plan:
+class Preflight:
     """What a config resolves to once checked: the data, schedule, budget, model config, step shapes."""
 
     data: TokenData
@@ -45,7 +45,7 @@ class Plan:
     rope_at: Callable[[int], dict] | None = None  # seq_len -> the RoPE parameters to train with
 
 
-def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
+def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Preflight:
     """Every check bad input can fail, before any work starts; raises GrowLengthError with the fix."""
     data = open_tokens(data_path)
     buckets = _buckets(cfg, data) if cfg.schedule == "dd" else None
@@ -81,7 +81,7 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Plan:
     )
     _check_corpus(data, max(shapes, key=lambda s: (s.consumed, s.seq_len)), cfg.target_len)
     model_cfg.rope_parameters = rope_at(schedule.all_lengths()[0])
-    return Plan(data, schedule, budget, model_cfg, shapes, buckets, rope_at)
+    return Preflight(data, schedule, budget, model_cfg, shapes, buckets, rope_at)
 
 
 def _model_config(cfg: TrainConfig, data: TokenData):
@@ -101,7 +101,7 @@ def _model_config(cfg: TrainConfig, data: TokenData):
 
 
 def _position_policy(cfg: TrainConfig, model_cfg) -> Callable[[int], dict]:
-    """seq_len -> the RoPE parameters to train at (positions.py): the model's, changed by rope_theta
+    """seq_len -> the RoPE parameters to train at (rope.py): the model's, changed by rope_theta
     and rope_scaling."""
     mode, original = parse_rope_scaling(cfg.rope_scaling)
     if mode == "yarn" and original is None:

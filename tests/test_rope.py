@@ -3,7 +3,7 @@
 import pytest
 
 from growlength.errors import GrowLengthError
-from growlength.positions import parse_rope_scaling, parse_rope_theta, rope_parameters_at
+from growlength.rope import parse_rope_scaling, parse_rope_theta, rope_parameters_at
 
 NEOX = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}
 
