@@ -31,6 +31,7 @@ from pathlib import Path
 
 from growlength.config import BenchConfig, TrainConfig, load_config, parse_sweep, point_label, recipe_values
 from growlength.errors import GrowLengthError
+from growlength.files import WriteFailed, sole_writer, writing
 from growlength.recipes import BASELINE, ComposerCrash
 from growlength.report import headline, read_run, versus
 
@@ -55,18 +56,31 @@ def seed_dir(out: Path, name: str, seed: int, phase: str = "") -> Path:
 
 
 def bench(base: TrainConfig, bench_cfg: BenchConfig, out: str | Path, *, show_progress: bool = True) -> dict:
-    """Run the phases, then write bench.json, the plots and runs.tar.gz (every run's records)."""
+    """Run the phases, then write bench.json, the plots and runs.tar.gz (every run's records). The bench
+    folder is held for the whole bench (one writer); a write that fails stops it in one line, and the
+    same command continues where it stopped once there is room."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise GrowLengthError(
             "growlength bench runs its recipes one after another in one process: start it without torchrun "
             "(CUDA_VISIBLE_DEVICES=0 growlength bench ...); to use more GPUs, start one bench per GPU, each "
             "with its own --out and --runs or --seed"
         )
-    out, names, points = Path(out), bench_cfg.run_names(), parse_sweep(bench_cfg.sweep)
+    out = Path(out)
+    with sole_writer(out, "growlength bench"):
+        try:
+            return _bench(base, bench_cfg, out, show_progress)
+        except WriteFailed as e:
+            raise GrowLengthError(
+                f"{e}; finished runs are kept: free some space, then run the same bench again to continue"
+            ) from None
+
+
+def _bench(base: TrainConfig, bench_cfg: BenchConfig, out: Path, show_progress: bool) -> dict:
+    names, points = bench_cfg.run_names(), parse_sweep(bench_cfg.sweep)
     crashes = _check_all(base, bench_cfg, names, points, out)
-    out.mkdir(parents=True, exist_ok=True)
     if not (out / "provenance.json").is_file():  # the code that ran the first run, kept when a bench resumes
-        (out / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
+        with writing("provenance.json", out):
+            (out / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
     lengths = bench_cfg.final_lengths(base.target_len)
     runnable = [n for n in names if n not in crashes or len(crashes[n]) < len(points)]
     best = {n: {} for n in runnable}
@@ -88,13 +102,23 @@ def bench(base: TrainConfig, bench_cfg: BenchConfig, out: str | Path, *, show_pr
         ]
         _run_all(cfgs, lengths, "equal-tokens", show_progress)
     report = summarize(out, base, bench_cfg, names, points, best, crashes)
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     from growlength.plots import plot_bench
 
     dirs = [seed_dir(out, n, s) for s in seeds for n in runnable]
-    plot_bench(out, report, dirs, [d.parent.name for d in dirs])
-    archive_runs(out)
+    with writing("the bench's report (bench.json, plots, runs.tar.gz)", out):
+        _write_atomically(out / "bench.json", json.dumps(report, indent=2) + "\n")
+        plot_bench(out, report, dirs, [d.parent.name for d in dirs])
+        archive_runs(out)
     return report
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _run_all(cfgs: list[tuple[TrainConfig, Path]], lengths: list[int], phase: str, show_progress: bool) -> None:
@@ -107,7 +131,8 @@ def _run_all(cfgs: list[tuple[TrainConfig, Path]], lengths: list[int], phase: st
             continue
         train(cfg, folder, resume=(folder / "config.yaml").is_file(), show_progress=show_progress)
         report = evaluate_checkpoint(folder, lengths, eval_tokens=_eval_tokens(cfg, lengths))
-        (folder / "final-eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        with writing("final-eval.json", folder):
+            _write_atomically(folder / "final-eval.json", json.dumps(report, indent=2) + "\n")
 
 
 def _check_all(base, bench_cfg: BenchConfig, names: list[str], points: list[dict], out: Path) -> dict:
@@ -247,9 +272,13 @@ def _cpu_model() -> str:
 def archive_runs(out: Path) -> Path:
     """runs.tar.gz: every run's metrics.jsonl, config.yaml and final-eval.json (no checkpoints), so each
     figure of the report can be recomputed from the records."""
-    path = out / "runs.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        for name in ("metrics.jsonl", "config.yaml", "final-eval.json"):
-            for file in sorted(out.rglob(name)):
-                tar.add(file, arcname=str(file.relative_to(out)))
+    path, tmp = out / "runs.tar.gz", out / ".runs.tar.gz.tmp"
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for name in ("metrics.jsonl", "config.yaml", "final-eval.json"):
+                for file in sorted(out.rglob(name)):
+                    tar.add(file, arcname=str(file.relative_to(out)))
+        os.replace(tmp, path)  # an earlier archive stays whole until this one is
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from growlength.errors import GrowLengthError
-from growlength.files import file_sha256, fsync
+from growlength.files import file_sha256, fsync, writing
 
 STATE = "state.json"
 
@@ -34,8 +34,16 @@ def save_checkpoint(
     """Write checkpoint `step` under out/checkpoints and keep the newest `keep`. The states are the full
     (unsharded) ones keyed by parameter name, as dist.full_state returns them."""
     root = out / "checkpoints"
-    final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
+    try:
+        with writing(f"checkpoint step {step}", root):
+            return _write_checkpoint(root, tmp, step, model_state, optim_state, model_config, state, keep)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only a write cut short leaves it: never a partial checkpoint
+
+
+def _write_checkpoint(root, tmp, step, model_state, optim_state, model_config, state, keep) -> Path:
+    final = root / f"step_{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights, aliases = _drop_aliases(model_state)
@@ -52,7 +60,7 @@ def save_checkpoint(
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     fsync(root)
-    for old in list_checkpoints(out)[:-keep]:
+    for old in list_checkpoints(root.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

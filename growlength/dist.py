@@ -45,6 +45,11 @@ def init(device: torch.device) -> World:
     return World(rank=torch_dist.get_rank(), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def is_first_process() -> bool:
+    """Global rank 0 as torchrun numbers it (RANK), known before the process group exists."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def active() -> bool:
     return torch_dist.is_available() and torch_dist.is_initialized()
 

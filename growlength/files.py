@@ -1,8 +1,15 @@
-"""Files, as every writer of growlength treats them: one checksum, and fsync before a rename."""
+"""Files, as every writer of growlength treats them: one checksum, fsync before a rename, one writer per
+folder, and one line when a write fails."""
 
+import contextlib
+import fcntl
 import hashlib
 import os
+import shutil
+import socket
 from pathlib import Path
+
+from growlength.errors import GrowLengthError
 
 
 def file_sha256(path: Path) -> str:
@@ -21,3 +28,63 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def sole_writer(folder: Path, command: str, *, wait: bool = False):
+    """Hold an exclusive OS lock on folder/.lock for as long as the `with` lasts: a second process on the
+    same folder (a job started twice, a requeued copy while the first still runs, a --resume against a
+    live run) stops at once with one line naming the folder and the host and PID that hold it (`wait`:
+    it waits its turn instead, as for the shared corpus cache). The kernel releases the lock when the
+    process ends, even by SIGKILL, so a crash never leaves a stale lock. The folder is created if
+    missing; if it was, and the body fails leaving nothing in it but the lock, it is removed again."""
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise GrowLengthError(f"cannot write to {folder}: {e.strerror}; choose another --out") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 400, 0).decode(errors="replace").strip() or "another process"
+            raise GrowLengthError(
+                f"{folder} is in use by {holder}: wait for it to end, or give another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`{command}` on {socket.gethostname()}, PID {os.getpid()}\n".encode(), 0)
+        try:
+            yield folder
+        except BaseException:
+            if created and [p.name for p in folder.iterdir()] == [LOCK]:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+class WriteFailed(GrowLengthError):
+    """A write that failed (a full disk, a quota, a vanished mount): what, where, why. The command that
+    meets it adds what to do next (train: the last good checkpoint and --resume)."""
+
+    def __init__(self, what: str, where: Path, error: BaseException):
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1]
+        super().__init__(f"could not write {what} to {where}: {reason}")
+
+
+@contextlib.contextmanager
+def writing(what: str, where: Path):
+    """Turn a failed write inside the `with` (OSError, or safetensors' own error) into WriteFailed."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except (OSError, SafetensorError) as e:
+        raise WriteFailed(what, where, e) from None

@@ -23,7 +23,7 @@ import numpy as np
 
 from growlength.encode import EOS_TOKEN, PrepareOptions, batches, encoded, load_tokenizer, new_tokenizer
 from growlength.errors import GrowLengthError
-from growlength.files import file_sha256
+from growlength.files import WriteFailed, file_sha256, sole_writer, writing
 from growlength.meter import Meter
 from growlength.readers import DEFAULT_CORPUS, Source, default_corpus_dir, list_sources
 from growlength.shards import ShardWriter
@@ -60,12 +60,14 @@ def prepare(
     tokenizer_path: str | None = None,
     workers: int | None = None,
     tokenizer_only: bool = False,
+    wait_for_folder: bool = False,
     **options,
 ) -> dict:
     """Prepare `out` from `inputs` (or resume a prepare of the same command); returns meta.json's content.
 
     `options` are the fields of PrepareOptions. With tokenizer_only, only out/tokenizer.json is written
-    (to give every --part the same tokenizer)."""
+    (to give every --part the same tokenizer). The folder is held for the whole prepare (one writer):
+    another prepare of it stops at once, or with wait_for_folder waits its turn (then finds it done)."""
     out = Path(out)
     if tokenizer_path:
         options["tokenizer_sha256"] = file_sha256(_existing(tokenizer_path))
@@ -78,8 +80,20 @@ def prepare(
             "--out TOK ...` over all the inputs and give every part --tokenizer TOK/tokenizer.json"
         )
     tokenizer = load_tokenizer(tokenizer_path, opts.eos_token) if tokenizer_path else None
-    if tokenizer_only:
-        return _tokenizer_only(all_sources, out, opts, tokenizer)
+    _check_writable(out)
+    with sole_writer(out, "growlength prepare", wait=wait_for_folder):
+        try:
+            if tokenizer_only:
+                return _tokenizer_only(all_sources, out, opts, tokenizer)
+            return _prepare_into(out, inputs, sources, opts, tokenizer, workers)
+        except WriteFailed as e:
+            raise GrowLengthError(
+                f"{e}; free some space, then run the same command again: it resumes from its last saved state"
+            ) from None
+
+
+def _prepare_into(out: Path, inputs: list[str], sources: list, opts: PrepareOptions, tokenizer, workers) -> dict:
+    """prepare's work, with the folder held: reuse a finished folder, or resume or start the encoding."""
     fingerprint = {"inputs": [str(i) for i in inputs], "options": asdict(opts)}
     fingerprint["sources"] = [s.fingerprint() if s else None for s in sources]
     done = _reuse(out, fingerprint)
@@ -92,8 +106,17 @@ def prepare(
         state = {**_fresh_state(tokenizer, opts), "inputs_sha256": _sha256(fingerprint)}
     else:
         tokenizer = load_tokenizer(out / "tokenizer.json", opts.eos_token)
-    writers = _encode_all(sources, out, opts, tokenizer, state, workers or os.cpu_count() or 1)
-    return _finish(out, opts, state, writers, fingerprint)
+    writers = {
+        split: ShardWriter(out, split, state["dtype"], opts.shard_tokens, state["splits"][split])
+        for split in ("train", "val")
+    }
+    try:
+        _encode_all(sources, out, opts, tokenizer, state, workers or os.cpu_count() or 1, writers)
+        return _finish(out, opts, state, writers, fingerprint)
+    except BaseException:
+        for writer in writers.values():  # the open files stay on disk for the resume
+            writer.close()
+        raise
 
 
 def _existing(path: str) -> str:
@@ -124,12 +147,8 @@ def _fresh_state(tokenizer, opts: PrepareOptions) -> dict:
     }
 
 
-def _encode_all(sources, out: Path, opts: PrepareOptions, tokenizer, state: dict, workers: int) -> dict:
+def _encode_all(sources, out: Path, opts: PrepareOptions, tokenizer, state: dict, workers: int, writers) -> None:
     """Encode from the saved next record to the end, committing the writers and the state after each batch."""
-    writers = {
-        split: ShardWriter(out, split, state["dtype"], opts.shard_tokens, state["splits"][split])
-        for split in ("train", "val")
-    }
     # The bar's total: the bytes of plain text inputs (about their characters); unknown for the rest.
     plain = [s for s in sources if s and s.kind in ("text", "jsonl") and s.path.suffix not in (".gz", ".zst")]
     total = sum(s.path.stat().st_size for s in plain) if len(plain) == sum(1 for s in sources if s) else 0
@@ -151,7 +170,6 @@ def _encode_all(sources, out: Path, opts: PrepareOptions, tokenizer, state: dict
             writer.cleanup()
         bar.update(batch.chars)
     bar.close()
-    return writers
 
 
 def _finish(out: Path, opts: PrepareOptions, state: dict, writers: dict, fingerprint: dict) -> dict:
@@ -250,8 +268,9 @@ def _write_tokenizer(tokenizer, sources: list, out: Path, opts: PrepareOptions):
     _check_writable(out)
     tokenizer = tokenizer or new_tokenizer(sources, opts)
     make_out_dir(out)
-    tokenizer.save(str(out / ".tokenizer.json.tmp"))
-    os.replace(out / ".tokenizer.json.tmp", out / "tokenizer.json")
+    with writing("tokenizer.json", out):
+        tokenizer.save(str(out / ".tokenizer.json.tmp"))
+        os.replace(out / ".tokenizer.json.tmp", out / "tokenizer.json")
     return tokenizer
 
 
@@ -262,8 +281,12 @@ def _sha256(value) -> str:
 def _save_json(path: Path, value) -> None:
     """Written whole under a temporary name, then renamed: never half a file under the real name."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
+    try:
+        with writing(path.name, path.parent):
+            tmp.write_text(json.dumps(value, indent=1) + "\n")
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -308,6 +331,6 @@ def resolve_data(data: str, vocab_size: int) -> Path:
 def default_data(vocab_size: int) -> Path:
     """The embedded corpus prepared at vocab_size, once, in the cache (GROWLENGTH_CACHE)."""
     out = cache_dir() / f"{DEFAULT_CORPUS}-v{vocab_size}-f{FORMAT_VERSION}"
-    if not (out / "meta.json").is_file():
-        prepare([DEFAULT_CORPUS], out, vocab_size=vocab_size, workers=1)
+    if not (out / "meta.json").is_file():  # a run preparing it beside this one: wait, then find it done
+        prepare([DEFAULT_CORPUS], out, vocab_size=vocab_size, workers=1, wait_for_folder=True)
     return out

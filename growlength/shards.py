@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from growlength.errors import GrowLengthError
+from growlength.files import writing
 
 
 class ShardWriter:
@@ -57,11 +58,16 @@ class ShardWriter:
         return sum(s["tokens"] for s in self.shards) + self.open_tokens
 
     def add(self, ids: np.ndarray) -> None:
-        ids.astype(self.dtype, copy=False).tofile(self._file)
+        with writing("token shards", self.folder):
+            ids.astype(self.dtype, copy=False).tofile(self._file)
         self.open_tokens += len(ids)
 
     def commit(self) -> dict:
         """Flush, cut full shards, and return the state to save (then call `cleanup`)."""
+        with writing("token shards", self.folder):
+            return self._commit()
+
+    def _commit(self) -> dict:
         self._file.flush()
         if self.open_tokens >= self.shard_tokens:
             self._file.close()
@@ -82,12 +88,14 @@ class ShardWriter:
         return np.fromfile(self._open_path(), dtype=self.dtype, count=self.open_tokens)
 
     def write_shard(self, ids: np.ndarray) -> None:
-        """The next shard file, written under a temporary name and renamed."""
+        """The next shard file, written under a temporary name and renamed (a write cut short leaves only
+        the temporary file, which the next writer of the folder deletes)."""
         ids = ids.astype(self.dtype, copy=False)
         name = f"{self.split}-{len(self.shards):05d}.bin"
         tmp = self.folder / f".{name}.tmp"
-        ids.tofile(tmp)
-        tmp.replace(self.folder / name)
+        with writing("token shards", self.folder):
+            ids.tofile(tmp)
+            tmp.replace(self.folder / name)
         digest = hashlib.sha256(ids.tobytes()).hexdigest()
         self.shards.append({"file": name, "tokens": len(ids), "sha256": digest, "max_id": int(ids.max())})
 

@@ -10,9 +10,11 @@ steps it already holds are not logged again.
 import hashlib
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 from growlength.errors import GrowLengthError
+from growlength.files import writing
 
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # name -> the package it needs
 
@@ -46,7 +48,8 @@ class Trackers:
 
     def __init__(self, out: Path, names: list[str], *, step: int, config: dict):
         self.path = out / "metrics.jsonl"
-        _trim_jsonl(self.path, step)
+        with writing("metrics.jsonl", out):
+            _trim_jsonl(self.path, step)
         self.tensorboard = self.wandb = None
         if "tensorboard" in names:
             from torch.utils.tensorboard import SummaryWriter
@@ -65,18 +68,22 @@ class Trackers:
             )
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        """The record to every destination. A write that fails stops the run (WriteFailed); a line cut
+        short in metrics.jsonl is dropped when the run resumes."""
+        with writing("metrics.jsonl", self.path.parent):
+            append_line(self.path, json.dumps(record))
         values = scalars(record)
         if self.tensorboard is not None:
-            for name, value in values.items():
-                self.tensorboard.add_scalar(name, value, global_step=record["step"])
+            with writing("TensorBoard events", self.path.parent / "tensorboard"):
+                for name, value in values.items():
+                    self.tensorboard.add_scalar(name, value, global_step=record["step"])
         if self.wandb is not None:
             self.wandb.log(values, step=record["step"])
 
     def close(self) -> None:
         if self.tensorboard is not None:
-            self.tensorboard.close()
+            with writing("TensorBoard events", self.path.parent / "tensorboard"):
+                self.tensorboard.close()
         if self.wandb is not None:
             self.wandb.finish()
 
@@ -100,6 +107,11 @@ class NoTrackers:
         pass
 
 
+def append_line(path: Path, line: str) -> None:
+    with path.open("a") as f:
+        f.write(line + "\n")
+
+
 def _trim_jsonl(path: Path, step: int) -> None:
     """Drop records a crash left beyond the checkpoint we resume from (all of them from step 0)."""
     if not path.is_file():
@@ -111,4 +123,6 @@ def _trim_jsonl(path: Path, step: int) -> None:
                 keep.append(line)
         except (json.JSONDecodeError, KeyError):
             continue  # a line cut short by the crash
-    path.write_text("".join(line + "\n" for line in keep))
+    tmp = path.with_name(path.name + ".tmp")  # written beside and renamed: a full disk damages nothing
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)

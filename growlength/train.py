@@ -25,6 +25,7 @@ from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_check
 from growlength.config import TrainConfig, save_config
 from growlength.errors import GrowLengthError
 from growlength.evaluate import val_losses
+from growlength.files import WriteFailed, sole_writer, writing
 from growlength.flops import device_name, flops_per_token, peak_flops
 from growlength.loss import bound_logits, lm_loss
 from growlength.models import build_model, compile_model, compile_stats, count_params, eager, set_rope
@@ -47,12 +48,24 @@ from growlength.trackers import Trackers, tracker_names
 
 
 def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, show_progress: bool = True) -> dict:
-    """Train per cfg into `out` (cfg None: the one saved there, to resume); returns the last eval record."""
-    run = setup(cfg, Path(out), resume)
-    try:
-        return _loop(run, show_progress)
-    finally:
-        run.trackers.close()
+    """Train per cfg into `out` (cfg None: the one saved there, to resume); returns the last eval record.
+    The first process holds the folder for as long as it runs (files.sole_writer): a second writer stops
+    at once. A write that fails stops the run in one line that names the last good checkpoint."""
+    out = Path(out)
+    held = sole_writer(out, "growlength train") if dist.is_first_process() else contextlib.nullcontext()
+    with held:
+        try:
+            run = setup(cfg, out, resume)
+            try:
+                return _loop(run, show_progress)
+            finally:
+                run.trackers.close()
+        except WriteFailed as e:
+            last = latest_checkpoint(out)
+            raise GrowLengthError(
+                f"{e}; the last good checkpoint is {last or 'none yet'}: free some space, then continue with "
+                f"--resume"
+            ) from None
 
 
 def _loop(run: Run, show_progress: bool) -> dict:
@@ -122,7 +135,8 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     if resume:
         _restore(run)
     if world.is_main:
-        save_config(cfg, out / "config.yaml")
+        with writing("config.yaml", out):
+            save_config(cfg, out / "config.yaml")
         run.trackers = Trackers(out, tracker_names(cfg.log_to), step=run.progress.step, config=cfg.to_dict())
         lengths = [s.seq_len for s in checked.shapes]
         shown = lengths if len(lengths) <= 8 else f"{lengths[0]}..{lengths[-1]} ({len(lengths)} lengths)"
@@ -158,7 +172,8 @@ def auto_schedule(run: Run) -> LengthSchedule:
         speeds = ", ".join(f"{n}: {v:,.0f}" for n, v in table.items())
         print(f"auto: tokens/s {speeds} ({plan_s:.1f} s) -> stages {stages} (shares of the {run.budget.unit})")
         record = {"tokens_per_s": table, "stages": stages, "plan_s": round(plan_s, 3)}
-        (run.out / "auto-plan.json").write_text(json.dumps(record, indent=2))
+        with writing("auto-plan.json", run.out):
+            (run.out / "auto-plan.json").write_text(json.dumps(record, indent=2))
     return planned_schedule(stages)
 
 

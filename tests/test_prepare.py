@@ -60,8 +60,9 @@ def test_prepare_writes_shards_meta_and_tokenizer(tmp_path):
     originals = [p.read_text() for p in sorted(folder.rglob("*.txt"))] + [f"Record {i}: " + POEM for i in range(8)]
     assert sorted(train + val) == sorted(originals) and not set(train) & set(val)
     assert train == [d for d in originals if d in train]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["meta.json", "inputs.json", "tokenizer.json"] + [s["file"] for v in meta["shards"].values() for s in v]
+    assert sorted(p.name for p in out.iterdir()) == sorted(  # .lock: the one-writer lock (files.sole_writer)
+        ["meta.json", "inputs.json", "tokenizer.json", ".lock"]
+        + [s["file"] for v in meta["shards"].values() for s in v]
     )
 
 
@@ -106,7 +107,7 @@ def test_a_prepare_killed_anywhere_resumes_to_the_same_files(tmp_path, monkeypat
     assert {k: v for k, v in resumed.items() if k != "encode_seconds"} == {
         k: v for k, v in whole.items() if k != "encode_seconds"
     }
-    assert not list((tmp_path / "cut").glob(".*"))
+    assert [p.name for p in (tmp_path / "cut").glob(".*")] == [".lock"]  # no temporary file; the lock is kept
 
 
 def test_changed_inputs_or_options_are_refused_with_the_reason(tmp_path, monkeypatch):
