@@ -71,7 +71,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, sho
 def _loop(run: Run, show_progress: bool) -> dict:
     p = run.progress
     if p.last_eval_step < 0:
-        evaluate(run)  # the curves start at the untrained model
+        evaluated(run, evaluate(run))  # the curves start at the untrained model
     bar = progress_bar(run, show_progress)
     while not finished(run):
         fraction = run.budget.fraction(step=p.step, tokens=p.tokens, seconds=p.seconds)
@@ -86,12 +86,12 @@ def _loop(run: Run, show_progress: bool) -> dict:
         record = log_step(run, shape, loss, lr, step_s)
         update_bar(bar, run, record)
         if eval_count(run) > p.evals:
-            evaluate(run)
+            evaluated(run, evaluate(run))
         if checkpoint_due(run):
             checkpoint(run)
     bar.close()
     if p.last_eval_step != p.step:
-        evaluate(run)
+        evaluated(run, evaluate(run))
     if p.step > 0 and run.checkpointed_step != p.step:
         checkpoint(run)
     dist.shutdown()
@@ -351,8 +351,8 @@ def eval_count(run: Run) -> int:
 
 
 def evaluate(run: Run) -> dict:
-    """Val loss at the target length and at every stage length seen (each rank scoring its share of
-    the windows), logged by rank 0."""
+    """The evaluation record: val loss at the target length and at every stage length seen (each rank
+    scoring its share of the windows). It changes nothing; `evaluated` logs it and counts it."""
     p, cfg = run.progress, run.cfg
     started = time.perf_counter()
     with eager() if cfg.compile else contextlib.nullcontext():
@@ -365,7 +365,6 @@ def evaluate(run: Run) -> dict:
             device=run.device,
             autocast=run.autocast,
         )
-    p.evals, p.last_eval_step = eval_count(run), p.step
     record = {
         "step": p.step,
         "tokens": p.tokens,
@@ -376,9 +375,16 @@ def evaluate(run: Run) -> dict:
         "val_loss_by_len": {str(k): v for k, v in by_len.items()},
         "eval_s": round(time.perf_counter() - started, 3),
     }
-    run.trackers.write(record)
-    run.last_eval = record
     return record
+
+
+def evaluated(run: Run, record: dict) -> None:
+    """Every change an evaluation makes to the run's state (the evaluations passed, the last one), and
+    its record logged."""
+    p = run.progress
+    p.evals, p.last_eval_step = eval_count(run), p.step
+    run.last_eval = record
+    run.trackers.write(record)
 
 
 def checkpoint_due(run: Run) -> bool:
