@@ -31,7 +31,7 @@ from pathlib import Path
 
 from growlength.config import BenchConfig, TrainConfig, load_config, parse_sweep, point_label, recipe_values
 from growlength.errors import GrowLengthError
-from growlength.files import WriteFailed, sole_writer, writing
+from growlength.files import WriteFailed, sole_writer, write_atomically, writing
 from growlength.recipes import BASELINE, ComposerCrash
 from growlength.report import headline, read_run, versus
 
@@ -79,8 +79,7 @@ def _bench(base: TrainConfig, bench_cfg: BenchConfig, out: Path, show_progress: 
     names, points = bench_cfg.run_names(), parse_sweep(bench_cfg.sweep)
     crashes = _check_all(base, bench_cfg, names, points, out)
     if not (out / "provenance.json").is_file():  # the code that ran the first run, kept when a bench resumes
-        with writing("provenance.json", out):
-            (out / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
+        write_atomically(out / "provenance.json", json.dumps(provenance(), indent=2) + "\n")
     lengths = bench_cfg.final_lengths(base.target_len)
     runnable = [n for n in names if n not in crashes or len(crashes[n]) < len(points)]
     best = {n: {} for n in runnable}
@@ -106,19 +105,10 @@ def _bench(base: TrainConfig, bench_cfg: BenchConfig, out: Path, show_progress: 
 
     dirs = [seed_dir(out, n, s) for s in seeds for n in runnable]
     with writing("the bench's report (bench.json, plots, runs.tar.gz)", out):
-        _write_atomically(out / "bench.json", json.dumps(report, indent=2) + "\n")
+        write_atomically(out / "bench.json", json.dumps(report, indent=2) + "\n")
         plot_bench(out, report, dirs, [d.parent.name for d in dirs])
         archive_runs(out)
     return report
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _run_all(cfgs: list[tuple[TrainConfig, Path]], lengths: list[int], phase: str, show_progress: bool) -> None:
@@ -131,8 +121,7 @@ def _run_all(cfgs: list[tuple[TrainConfig, Path]], lengths: list[int], phase: st
             continue
         train(cfg, folder, resume=(folder / "config.yaml").is_file(), show_progress=show_progress)
         report = evaluate_checkpoint(folder, lengths, eval_tokens=_eval_tokens(cfg, lengths))
-        with writing("final-eval.json", folder):
-            _write_atomically(folder / "final-eval.json", json.dumps(report, indent=2) + "\n")
+        write_atomically(folder / "final-eval.json", json.dumps(report, indent=2) + "\n")
 
 
 def _check_all(base, bench_cfg: BenchConfig, names: list[str], points: list[dict], out: Path) -> dict:

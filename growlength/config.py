@@ -18,6 +18,7 @@ import yaml
 
 from growlength.budget import BATCH_POLICIES
 from growlength.errors import GrowLengthError
+from growlength.files import write_atomically
 from growlength.recipes import BASELINE, DEFAULT_RUNS, RECIPES, recipe
 from growlength.rope import parse_rope_scaling, parse_rope_theta
 from growlength.schedule import SCHEDULES, doubling_lengths, make_schedule
@@ -404,4 +405,5 @@ def parse_lengths(text: str, flag: str) -> list[int]:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Beside and renamed (files.write_atomically): a resume never finds a config.yaml cut short."""
+    write_atomically(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

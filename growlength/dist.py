@@ -32,7 +32,7 @@ def init(device: torch.device) -> World:
     """Join the process group torchrun describes in the environment: gloo on CPU; on CUDA, nccl for
     CUDA tensors and gloo for the CPU ones (the small collectives here send CPU tensors, which nccl
     alone refuses: "No backend type associated with device type cpu"). On CUDA the group is bound to
-    this rank's GPU (`device_id`, which plan.device_for made current): nccl then builds its
+    this rank's GPU (`device_id`, which preflight.device_for made current): nccl then builds its
     communicator there at once instead of guessing a device at the first collective."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:

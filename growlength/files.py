@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 from growlength.errors import GrowLengthError
@@ -43,29 +44,54 @@ def sole_writer(folder: Path, command: str, *, wait: bool = False):
     missing; if it was, and the body fails leaving nothing in it but the lock, it is removed again."""
     folder = Path(folder)
     created = not folder.exists()
+    fd = _lock(folder, wait)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise GrowLengthError(f"cannot write to {folder}: {e.strerror}; choose another --out") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.pread(fd, 400, 0).decode(errors="replace").strip() or "another process"
-            raise GrowLengthError(
-                f"{folder} is in use by {holder}: wait for it to end, or give another folder"
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"`{command}` on {socket.gethostname()}, PID {os.getpid()}\n".encode(), 0)
         try:
             yield folder
         except BaseException:
-            if created and [p.name for p in folder.iterdir()] == [LOCK]:
+            if created and not wait and [p.name for p in folder.iterdir()] == [LOCK]:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
     finally:
         os.close(fd)  # and with it the lock
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as the holder wrote it just after taking it (given a second to do so)."""
+    for _ in range(20):
+        holder = os.pread(fd, 400, 0).decode(errors="replace").strip()
+        if holder:
+            return holder
+        time.sleep(0.05)
+    return "another process"
+
+
+def _lock(folder: Path, wait: bool) -> int:
+    """A descriptor of folder/.lock holding its exclusive lock. If the file was removed while this process
+    waited (its last holder failed before writing anything and removed the folder it had made), the lock
+    is on a file no one else can see: take the one there now instead."""
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise GrowLengthError(f"cannot write to {folder}: {e.strerror}; choose another --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise GrowLengthError(
+                f"{folder} is in use by {holder}: wait for it to end, or give another folder"
+            ) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(folder / LOCK).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 class WriteFailed(GrowLengthError):
@@ -88,3 +114,16 @@ def writing(what: str, where: Path):
         raise
     except (OSError, SafetensorError) as e:
         raise WriteFailed(what, where, e) from None
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write text beside `path` and rename it into place: a write cut short (a full disk) leaves the old
+    file whole and no partial one; a failure raises WriteFailed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with writing(path.name, path.parent):
+            tmp.write_text(text)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

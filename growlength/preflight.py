@@ -29,7 +29,6 @@ from growlength.prepare import resolve_data
 from growlength.rope import parse_rope_scaling, parse_rope_theta, rope_parameters_at
 from growlength.schedule import LengthSchedule, dd_lengths, make_schedule
 from growlength.tokens import TokenData, open_tokens
-from growlength.trackers import tracker_names
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,6 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Preflig
         )
     check_fits(model_cfg, cfg.target_len)
     rope_at = _position_policy(cfg, model_cfg)
-    tracker_names(cfg.log_to)
     shapes = check_lengths(
         schedule.all_lengths(),
         tokens_per_step=cfg.tokens_per_step,

@@ -23,7 +23,7 @@ import numpy as np
 
 from growlength.encode import EOS_TOKEN, PrepareOptions, batches, encoded, load_tokenizer, new_tokenizer
 from growlength.errors import GrowLengthError
-from growlength.files import WriteFailed, file_sha256, sole_writer, writing
+from growlength.files import WriteFailed, file_sha256, sole_writer, write_atomically, writing
 from growlength.meter import Meter
 from growlength.readers import DEFAULT_CORPUS, Source, default_corpus_dir, list_sources
 from growlength.shards import ShardWriter
@@ -280,13 +280,7 @@ def _sha256(value) -> str:
 
 def _save_json(path: Path, value) -> None:
     """Written whole under a temporary name, then renamed: never half a file under the real name."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with writing(path.name, path.parent):
-            tmp.write_text(json.dumps(value, indent=1) + "\n")
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, json.dumps(value, indent=1) + "\n")
 
 
 def _read_json(path: Path) -> dict | None:

@@ -40,7 +40,7 @@ def profile(cfg: TrainConfig, lengths: list[int], *, rounds: int = 5, show_progr
             for shape in shapes if r % 2 == 0 else shapes[::-1]:
                 _reset_peak(run.device)
                 started = time.perf_counter()
-                loss, _ = train_step(run, shape, started)
+                loss, _ = train_step(run, shape, started, ahead=False)
                 # read before log_step, which resets CUDA's peak after logging it
                 peak[shape.seq_len] = max(peak.get(shape.seq_len, 0.0), _peak_mb(run.device))
                 advance(run, shape, time.perf_counter() - started, loss)

@@ -10,11 +10,10 @@ steps it already holds are not logged again.
 import hashlib
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 from growlength.errors import GrowLengthError
-from growlength.files import writing
+from growlength.files import write_atomically, writing
 
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # name -> the package it needs
 
@@ -123,6 +122,4 @@ def _trim_jsonl(path: Path, step: int) -> None:
                 keep.append(line)
         except (json.JSONDecodeError, KeyError):
             continue  # a line cut short by the crash
-    tmp = path.with_name(path.name + ".tmp")  # written beside and renamed: a full disk damages nothing
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_atomically(path, "".join(line + "\n" for line in keep))  # a full disk damages nothing

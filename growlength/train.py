@@ -130,7 +130,6 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         flops_by_len=flops_by_len,
         peak_flops=peak_flops(device_name(device), cfg.peak_tflops),
         rope_at=checked.rope_at,
-        compile_seen=compile_stats() if cfg.compile else (0, 0.0),
     )
     if resume:
         _restore(run)
@@ -146,6 +145,8 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         )
     if cfg.schedule == "auto":
         run.schedule = auto_schedule(run)
+    if cfg.compile:  # what compiling costs from here on is the steps' (measuring for auto compiles too)
+        run.compile_seen = compile_stats()
     return run
 
 
@@ -185,9 +186,10 @@ def _loader(checked: Preflight, cfg: TrainConfig, world: dist.World) -> Loader |
     return Loader(checked.data.train, block_tokens=cfg.block_tokens, lanes=cfg.lanes, **where)
 
 
-def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float]:
+def train_step(run: Run, shape: StepShape, started: float, ahead: bool = True) -> tuple[float, float]:
     """One optimizer step: accumulate gradients over micro-batches, clip, set the LR, step; then, while
-    the device works through what was queued, read the next step's batch; then wait for the loss.
+    the device works through what was queued, read the next step's batch (unless this is the last step,
+    or `ahead` is off: profile's steps follow no schedule); then wait for the loss.
     Returns the mean loss and the LR used."""
     rows_BT1 = take_batch(run, shape)  # each row its inputs and, one token on, its targets
     total = torch.zeros((), device=run.device)
@@ -207,7 +209,8 @@ def train_step(run: Run, shape: StepShape, started: float) -> tuple[float, float
     lr = set_lr(run, fraction)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    read_ahead(run, run.shape_by_len[run.schedule.seq_len_at(fraction, run.progress.step + 1)])
+    if ahead and fraction < 1.0:
+        read_ahead(run, run.shape_by_len[run.schedule.seq_len_at(fraction, run.progress.step + 1)])
     loss = dist.mean_over_ranks(total.item())
     if not math.isfinite(loss):
         raise GrowLengthError(

@@ -63,8 +63,9 @@ def test_attention_runs_the_flash_kernel_eager_and_compiled(request, tmp_path, c
     with torch.profiler.profile(activities=activities) as prof:
         train_step(run, run.shape_by_len[64], time.perf_counter())
         torch.cuda.synchronize()
-    names = {event.key for event in prof.key_averages()}
-    assert any("flash" in name.lower() for name in names), sorted(names)
+    names = {event.key.lower() for event in prof.key_averages()}
+    # flash, or on Hopper cuDNN's fused attention, which SDPA may rank first: both the causal fast path
+    assert any("flash" in name or ("cudnn" in name and "sdpa" in name) for name in names), sorted(names)
 
 
 def test_a_process_group_on_cuda_runs_every_collective(tmp_path):

@@ -44,6 +44,12 @@ def steps_of(run_dir):
     return [(r["step"], r["seq_len"], r["loss"]) for r in lines if "loss" in r]
 
 
+def steps_so_far(run_dir) -> int:
+    """Steps a live run has logged (its last line may be half written as we read)."""
+    text = (run_dir / "metrics.jsonl").read_text() if (run_dir / "metrics.jsonl").is_file() else ""
+    return text[: text.rfind("\n") + 1].count('"loss": ')  # whole lines only
+
+
 def the_refused(procs) -> str:
     """Of processes started together on one folder: one ran to the end (exit 0), the other was refused
     (exit 2); the refused one's stderr."""
@@ -68,7 +74,7 @@ def test_a_resume_against_a_live_run_is_refused_and_a_killed_run_leaves_no_lock(
     save_config(cfg, tmp_path / "config.yaml")
     out = tmp_path / "run"
     live = launch(*train_args(tmp_path / "config.yaml", out)[2:])
-    deadline = time.time() + 120
+    deadline = time.time() + 240
     while not list_checkpoints(out):  # running, with a checkpoint to resume from
         assert live.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.2)
@@ -78,10 +84,10 @@ def test_a_resume_against_a_live_run_is_refused_and_a_killed_run_leaves_no_lock(
     assert live.poll() is None  # the live run goes on
     os.killpg(live.pid, signal.SIGKILL)  # a crash: the kernel drops its lock with the process
     live.wait()
-    trained = len(steps_of(out))
+    trained = steps_so_far(out)
     resumed = launch("train", "--out", out, "--resume", "--quiet")
-    deadline = time.time() + 120
-    while len(steps_of(out)) <= trained + 2:  # it took the folder and trains on
+    deadline = time.time() + 240
+    while steps_so_far(out) <= trained + 2:  # it took the folder and trains on
         assert resumed.poll() is None, resumed.stderr.read()
         assert time.time() < deadline
         time.sleep(0.2)
@@ -208,3 +214,36 @@ def test_a_full_disk_while_writing_the_bench_report_keeps_the_runs(corpus, tmp_p
     assert main(args) == 0  # continues: nothing is trained again
     assert (out / "runs.tar.gz").is_file() and (out / "bench.json").is_file()
     assert {name: steps_of(out / name / "seed0") for name in finished} == trained
+
+
+def test_a_waiter_whose_lock_file_was_removed_locks_the_one_there_now(tmp_path):
+    """The corpus cache's waiters block on the lock; if its holder fails before writing anything and
+    removes its files, a waiter must not hold a lock on the removed file (a newcomer would then write
+    beside it): it takes the lock of the file there now, which then keeps others out."""
+    import fcntl
+    import threading
+
+    from growlength.errors import GrowLengthError
+    from growlength.files import sole_writer
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    holder = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    refused = []
+
+    def waiter():
+        with sole_writer(folder, "growlength prepare", wait=True):
+            try:
+                with sole_writer(folder, "growlength prepare"):
+                    pass
+            except GrowLengthError as e:
+                refused.append(str(e))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.5)  # the waiter blocks on the holder's lock
+    (folder / ".lock").unlink()
+    os.close(holder)  # the holder ends, its lock file gone
+    thread.join(timeout=10)
+    assert not thread.is_alive() and len(refused) == 1 and "is in use by `growlength prepare`" in refused[0]
