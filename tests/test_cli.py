@@ -36,7 +36,7 @@ def growlength(*args, cwd=None):
         text=True,
         env=CHILD_ENV,
         cwd=cwd,
-        timeout=300,
+        timeout=900,
     )
 
 

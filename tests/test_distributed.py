@@ -28,7 +28,7 @@ def torchrun(config_path, out, nproc, *extra, script=None):
     args = train_args(config_path, out, *extra)
     args = [script, *args[2:]] if script else args
     env = {**CHILD_ENV, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=900)
 
 
 def batches(run_dir, rank):
@@ -181,7 +181,7 @@ def test_accelerate_launch_runs_growlength_train(runs, tmp_path):
     args = [str(accelerate), "launch", "--num_processes", "1", "--cpu", "--mixed_precision", "no"]
     args += ["--dynamo_backend", "no", "--num_cpu_threads_per_process", "2"]
     args += train_args(single / "config.yaml", tmp_path / "acc")  # -m growlength train ...
-    result = subprocess.run(args, capture_output=True, text=True, env=CHILD_ENV, timeout=300)
+    result = subprocess.run(args, capture_output=True, text=True, env=CHILD_ENV, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done: step 12" in result.stdout
     assert losses(tmp_path / "acc") == losses(single)

@@ -32,7 +32,7 @@ def run_example(data, out, *extra, processes=1):
         capture_output=True,
         text=True,
         env={**CHILD_ENV, "OMP_NUM_THREADS": "1"} if processes > 1 else CHILD_ENV,
-        timeout=300,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())

@@ -48,7 +48,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_losses(co
         proc.wait()
         killed += 1
     proc = launch(config_path, out, resume=True)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    assert proc.wait(timeout=1200) == 0, proc.stderr.read().decode()  # a hang guard, not a speed bound
     assert losses(out) == losses(whole)  # every step, every loss, bit for bit
     assert read_state(list_checkpoints(out)[-1])["loader"] == read_state(list_checkpoints(whole)[-1])["loader"]
 
