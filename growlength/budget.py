@@ -28,6 +28,11 @@ from growlength.schedule import round_up
 BATCH_POLICIES = ("tokens", "reshape", "rows", "truncate", "megatron")
 
 
+def check_batch_policy(policy: str) -> None:
+    if policy not in BATCH_POLICIES:
+        raise GrowLengthError(f"batch_policy must be one of {', '.join(BATCH_POLICIES)}, got {policy!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Budget:
     """How long to train: exactly one of steps, tokens or seconds (training time, eval excluded)."""
@@ -95,8 +100,7 @@ def step_shape(
     batch_policy: str = "tokens",
 ) -> StepShape:
     """The shape of a step at `seq_len`. Raises GrowLengthError when the numbers do not divide."""
-    if batch_policy not in BATCH_POLICIES:
-        raise GrowLengthError(f"batch_policy must be one of {', '.join(BATCH_POLICIES)}, got {batch_policy!r}")
+    check_batch_policy(batch_policy)
     if batch_policy == "megatron":
         return _megatron_shape(seq_len, tokens_per_step, target_len, micro_batch_tokens, world_size)
     rows = _rows(seq_len, tokens_per_step, target_len, world_size, batch_policy)
@@ -152,8 +156,7 @@ def _rows(seq_len: int, tokens_per_step: int, target_len: int, world_size: int, 
 def check_lengths(lengths: tuple[int, ...], **shape_kwargs) -> list[StepShape]:
     """step_shape for every length a schedule can produce, or one error naming all that fail."""
     policy = shape_kwargs.get("batch_policy", "tokens")
-    if policy not in BATCH_POLICIES:
-        raise GrowLengthError(f"batch_policy must be one of {', '.join(BATCH_POLICIES)}, got {policy!r}")
+    check_batch_policy(policy)
     bad = []
     for seq_len in lengths:
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from growlength.budget import BATCH_POLICIES
+from growlength.budget import check_batch_policy
 from growlength.errors import GrowLengthError
 from growlength.files import write_atomically
 from growlength.recipes import BASELINE, DEFAULT_RUNS, RECIPES, recipe
@@ -195,10 +195,7 @@ class TrainConfig:
             raise GrowLengthError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.schedule == "stages":  # lengths that grow, shares that sum to 1
             make_schedule("stages", start_len=self.start_len, target_len=self.target_len, stages=self.stages)
-        if self.batch_policy not in BATCH_POLICIES:
-            raise GrowLengthError(
-                f"batch_policy must be one of {', '.join(BATCH_POLICIES)}, got {self.batch_policy!r}"
-            )
+        check_batch_policy(self.batch_policy)
         tracker_names(self.log_to)
         parse_rope_theta(self.rope_theta)
         if parse_rope_scaling(self.rope_scaling) == ("yarn", None) and not self.init_from:
