@@ -33,7 +33,7 @@ from growlength.config import BenchConfig, TrainConfig, load_config, parse_sweep
 from growlength.errors import GrowLengthError
 from growlength.files import WriteFailed, sole_writer, write_atomically, writing
 from growlength.recipes import BASELINE, ComposerCrash
-from growlength.report import headline, read_run, versus
+from growlength.report import ceiling, headline, read_run, versus
 
 
 def run_config(base: TrainConfig, name: str, point: dict, seed: int, bench: BenchConfig, **budget) -> TrainConfig:
@@ -191,6 +191,7 @@ def summarize(out: Path, base: TrainConfig, bench_cfg, names, points, best, cras
         "baseline": BASELINE,
         "sweep": _sweep_table(out, names, points, crashes) if bench_cfg.sweep else None,
         "runs": results,
+        "ceiling": ceiling({n: r for n, r in results.items() if "crash" not in r}, base.target_len),
     }
     report["headline"] = headline(report)
     return report

@@ -194,7 +194,7 @@ def _train(args) -> int:
 
 def _bench(args) -> int:
     from growlength.bench import bench
-    from growlength.report import format_sweep, format_table
+    from growlength.report import format_positions, format_sweep, format_table
 
     overrides = _overrides(args, TrainConfig, BenchConfig)
     base, bench_cfg = load_sections(getattr(args, "config", None), overrides, TrainConfig, BenchConfig)
@@ -202,6 +202,8 @@ def _bench(args) -> int:
     if report["sweep"]:
         print(format_sweep(report), end="\n\n")
     print(format_table(report))
+    if positions := format_positions(report):
+        print("", positions, sep="\n")
     print(report["headline"])
     print(f"wrote {Path(args.out) / 'bench.json'}, bench-*.png and runs.tar.gz")
     return 0
@@ -270,6 +272,11 @@ def _print_eval(report: dict) -> None:
         note = "  (beyond the longest trained length)" if row["beyond_trained"] else ""
         mode = row["rope_scaling"] + (f" x{row['rope_factor']:g}" if row["rope_scaling"] != "none" else "")
         print(f"{mode:>10} {row['seq_len']:>8} {row['loss']:>8.4f} {row['ppl']:>9.2f}{note}")
+    widest = max(report["results"], key=lambda row: (row["rope_scaling"] == "none", row["seq_len"]))
+    buckets = ", ".join(
+        f"{b['positions'][0]}-{b['positions'][1]} {b['loss']:.3f}" for b in widest["loss_by_position"]
+    )
+    print(f"loss by position at {widest['seq_len']} ({widest['rope_scaling']}): {buckets}")
 
 
 def _write_json(path: Path, value) -> None:

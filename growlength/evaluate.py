@@ -3,6 +3,11 @@
 Each length scores the same first `eval_tokens` val tokens (for every length that divides it), cut
 into windows of that length; the loss is the mean over all target tokens. Lengths beyond the longest
 trained one measure direct RoPE extrapolation.
+
+A checkpoint's evaluation also gives the loss by position within the window, over buckets of positions
+(`position_buckets`): a model trained mostly short could be good early in a window and worse late in
+it, which the mean over the window hides. Position p is the p-th token predicted, from p tokens of
+context; the target length is always a bucket's end, so what lies beyond it is a bucket of its own.
 """
 
 import contextlib
@@ -11,6 +16,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from growlength import dist
 from growlength.errors import GrowLengthError
@@ -44,6 +50,44 @@ def val_loss(model, val, seq_len: int, *, eval_tokens: int, micro_batch_tokens: 
         total += loss.double() * y.numel() * (k < len(starts))
     model.train(was_training)
     return dist.sum_over_ranks(total.item()) / targets.size
+
+
+@torch.no_grad()
+def loss_by_position(model, val, seq_len: int, *, eval_tokens: int, micro_batch_tokens: int, device, autocast):
+    """The mean loss at each position 1 .. seq_len over the same windows as val_loss (one process),
+    as a float64 array of seq_len; its mean is val_loss, since every window has each position once."""
+    inputs, targets = eval_windows(val, seq_len, eval_tokens)
+    rows_per_pass = max(1, micro_batch_tokens // seq_len)
+    was_training = model.training
+    model.eval()
+    total_T = torch.zeros(seq_len, dtype=torch.float64, device=device)
+    for start in range(0, len(inputs), rows_per_pass):
+        x = torch.from_numpy(inputs[start : start + rows_per_pass]).to(device)
+        y = torch.from_numpy(targets[start : start + rows_per_pass]).to(device)
+        with autocast():
+            logits_BTV = model(input_ids=x, use_cache=False).logits
+        losses_N = F.cross_entropy(logits_BTV.float().flatten(0, 1), y.flatten(), reduction="none")
+        total_T += losses_N.view_as(y).double().sum(0)
+    model.train(was_training)
+    return (total_T / len(inputs)).cpu().numpy()
+
+
+def position_buckets(seq_len: int, target_len: int) -> list[tuple[int, int]]:
+    """Positions 1 .. seq_len in buckets (first, last), ending at 64, 256, 1024, ... (x4), at the target
+    length and at seq_len.
+
+    >>> position_buckets(4096, 2048)
+    [(1, 64), (65, 256), (257, 1024), (1025, 2048), (2049, 4096)]
+    """
+    ends = {64 * 4**k for k in range(16) if 64 * 4**k < seq_len}
+    ends |= {target_len} if target_len < seq_len else set()
+    ends = [*sorted(ends), seq_len]
+    return list(zip([1] + [e + 1 for e in ends[:-1]], ends, strict=True))
+
+
+def bucket_means(losses_T, buckets: list[tuple[int, int]]) -> list[dict]:
+    """The mean of per-position losses over each bucket of positions (1-based, inclusive)."""
+    return [{"positions": [a, b], "loss": float(losses_T[a - 1 : b].mean())} for a, b in buckets]
 
 
 def val_losses(model, val, lengths, **kwargs) -> dict[int, float]:
@@ -90,9 +134,9 @@ def evaluate_checkpoint(
     rope_scaling: tuple[str, ...] = ("none",),
     rope_factor: float | None = None,
 ) -> dict:
-    """Per-length loss and perplexity of a checkpoint (or a run folder's newest one) on the val split,
-    once per RoPE scaling mode. The default factor stretches the longest trained length to the longest
-    length asked for."""
+    """Per-length loss, perplexity and loss by position (`position_buckets`) of a checkpoint (or a run
+    folder's newest one) on the val split, once per RoPE scaling mode. The default factor stretches the
+    longest trained length to the longest length asked for."""
     from growlength.checkpoint import model_from_checkpoint, open_checkpoint
     from growlength.models import max_positions
     from growlength.preflight import device_for
@@ -107,27 +151,30 @@ def evaluate_checkpoint(
     limit = max_positions(model_cfg)
     rows = []
     for mode, scaled_cfg in configs.items():
-        losses = val_losses(
-            model_from_checkpoint(path, scaled_cfg, dev),
-            tokens.val,
-            lengths,
-            eval_tokens=eval_tokens,
-            micro_batch_tokens=cfg["micro_batch_tokens"],
-            device=dev,
-            autocast=lambda: autocast_context(dev),
-        )
-        rows += [
-            {
-                "rope_scaling": mode,
-                "rope_factor": 1.0 if mode == "none" else factor,
-                "seq_len": n,
-                "loss": loss,
-                "ppl": perplexity(loss),
-                "beyond_trained": n > trained,
-                "beyond_max_positions": bool(limit and n > limit),
-            }
-            for n, loss in losses.items()
-        ]
+        model = model_from_checkpoint(path, scaled_cfg, dev)
+        for n in sorted(set(lengths)):
+            losses_T = loss_by_position(
+                model,
+                tokens.val,
+                n,
+                eval_tokens=eval_tokens,
+                micro_batch_tokens=cfg["micro_batch_tokens"],
+                device=dev,
+                autocast=lambda: autocast_context(dev),
+            )
+            loss = float(losses_T.mean())
+            rows.append(
+                {
+                    "rope_scaling": mode,
+                    "rope_factor": 1.0 if mode == "none" else factor,
+                    "seq_len": n,
+                    "loss": loss,
+                    "ppl": perplexity(loss),
+                    "beyond_trained": n > trained,
+                    "beyond_max_positions": bool(limit and n > limit),
+                    "loss_by_position": bucket_means(losses_T, position_buckets(n, cfg["target_len"])),
+                }
+            )
     return {
         "checkpoint": str(path),
         "data": str(tokens.path),

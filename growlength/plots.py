@@ -83,8 +83,8 @@ def _zoom(ax, run_dirs) -> None:
 
 
 def plot_bench(out: Path, report: dict, run_dirs: list[Path], labels: list[str]) -> list[Path]:
-    """bench-loss.png, bench-throughput.png and bench-extrapolation.png in `out` (and bench-sweep.png
-    after a sweep)."""
+    """bench-loss.png, bench-throughput.png, bench-extrapolation.png and bench-positions.png in `out`
+    (and bench-sweep.png after a sweep)."""
     baseline = report["runs"][report["baseline"]]["final_val_loss"]
     budget = {k: v for k, v in report["budget"].items() if v}
     title = (
@@ -96,6 +96,8 @@ def plot_bench(out: Path, report: dict, run_dirs: list[Path], labels: list[str])
         _plot_by_len(ran, report, "tokens_per_s_by_len", "training tokens/s", out / "bench-throughput.png")
     )
     paths.append(_plot_by_len(ran, report, "val_loss_by_len", "final val loss", out / "bench-extrapolation.png"))
+    if all(run.get("val_loss_by_position") for run in ran.values()):
+        paths.append(_plot_positions(ran, report["target_len"], out / "bench-positions.png"))
     if report.get("sweep"):
         paths.append(_plot_sweep(report["sweep"], out / "bench-sweep.png"))
     return paths
@@ -114,6 +116,36 @@ def _plot_sweep(sweep: dict, out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("the sweep: each recipe's best point is rerun with fresh seeds")
+    return _save(fig, out)
+
+
+def _plot_positions(runs: dict, target_len: int, out: Path) -> Path:
+    """Each recipe's final loss by position bucket, at the target and at the longest length evaluated
+    (beyond the target: extrapolation), one point per bucket at its last position."""
+    plt = _pyplot()
+    windows = sorted(
+        {int(n) for run in runs.values() for n in run["val_loss_by_position"] if int(n) >= target_len}
+    )
+    windows = [windows[0], windows[-1]] if len(windows) > 1 else windows
+    fig, axes = plt.subplots(1, len(windows), figsize=(6.5 * len(windows), 4.5), squeeze=False)
+    for ax, window in zip(axes[0], windows, strict=True):
+        for i, (name, run) in enumerate(runs.items()):
+            buckets = run["val_loss_by_position"].get(str(window), [])
+            ax.plot(
+                [b["positions"][1] for b in buckets],
+                [b["loss"] for b in buckets],
+                "o-",
+                ms=3,
+                color=f"C{i}",
+                label=name,
+            )
+        ax.axvline(target_len, color="grey", ls="--", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("position in the window (bucket's last; dashed: the target)")
+        ax.set_ylabel(f"final loss, windows of {window}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("does the model use its whole context? loss by position, mean over seeds")
     return _save(fig, out)
 
 

@@ -1,6 +1,17 @@
 """The arena's report, a pure function of its runs' records: when each recipe reaches the baseline's
 final loss (in seconds and in tokens, with the evaluations that bracket it), its final loss, speed and
 compile cost, the headline and the tables. bench.py runs the recipes and hands their folders' records here.
+
+A speedup splits in two factors whose product it is, seed by seed:
+
+    speedup = baseline's time / time to reach its final loss
+            = (baseline's tokens / tokens to reach it)  x  (tokens/s up to then / baseline's tokens/s)
+            =            learning                       x          cheaper tokens
+
+`learning` is the token gain: fewer tokens to the same loss (what each token buys); `cheaper tokens`
+is what a schedule buys by training at lengths whose tokens cost less. The machine bounds the second:
+no schedule's tokens/s beats the fastest length's, so `ceiling` (the fastest length's tokens/s over the
+target's, measured in the runs themselves) is the most that cheaper tokens alone could give.
 """
 
 import json
@@ -52,6 +63,9 @@ def read_run(folder: Path) -> dict:
         "compile_s": sum(r.get("compile_s", 0.0) for r in steps),  # inside wall_s: --compile's cost
         "compiles": steps[-1].get("compiles", 0),
         "final_by_len": {r["seq_len"]: r["loss"] for r in final["results"]},
+        "final_by_position": {
+            r["seq_len"]: r["loss_by_position"] for r in final["results"] if "loss_by_position" in r
+        },
     }
 
 
@@ -73,6 +87,9 @@ def versus(baseline: list[dict], reps: list[dict]) -> dict:
     speedups = [_ratio(b["wall_s"][-1], hit) for b, hit in zip(baseline, reach_s, strict=True)]
     token_gains = [_ratio(b["tokens"][-1], hit) for b, hit in zip(baseline, reach_t, strict=True)]
     finals = [r["val_loss"][-1] for r in reps]
+    cheaper = [
+        s["at"] / g["at"] if s and g else None for s, g in zip(speedups, token_gains, strict=True)
+    ]  # speedup = learning x cheaper tokens, seed by seed
     return {
         "final_val_loss": _mean(finals),
         "final_val_loss_each": finals,
@@ -89,8 +106,36 @@ def versus(baseline: list[dict], reps: list[dict]) -> dict:
         "speedup": _mean([s["at"] for s in speedups]) if None not in speedups else None,
         "token_gain_each": token_gains,
         "token_gain": _mean([g["at"] for g in token_gains]) if None not in token_gains else None,
+        "cheaper_tokens_each": cheaper,
+        "cheaper_tokens": _mean(cheaper) if None not in cheaper else None,
+        "tokens_vs_baseline_each": [
+            r["tokens"][-1] / b["tokens"][-1] for b, r in zip(baseline, reps, strict=True)
+        ],
         "tokens_per_s_by_len": _median_by_len(reps),
         "val_loss_by_len": _mean_by_len(reps),
+        "val_loss_by_position": _mean_by_position(reps),
+    }
+
+
+def ceiling(runs: dict, target_len: int) -> dict | None:
+    """The most that cheaper tokens alone could give on this machine: the median tokens/s of the fastest
+    length at or below the target, over the target's, from every run's steps (None without the target).
+
+    >>> ceiling({"a": {"tokens_per_s_by_len": {"128": 300.0, "2048": 200.0}}}, 2048)
+    {'speedup': 1.5, 'fastest_len': 128, 'tokens_per_s_by_len': {'128': 300.0, '2048': 200.0}}
+    """
+    merged: dict[int, list[float]] = {}
+    for r in runs.values():
+        for seq_len, speed in r.get("tokens_per_s_by_len", {}).items():
+            merged.setdefault(int(seq_len), []).append(speed)
+    by_len = {n: statistics.median(v) for n, v in sorted(merged.items()) if n <= target_len}
+    if target_len not in by_len:
+        return None
+    fastest = max(by_len, key=by_len.get)
+    return {
+        "speedup": by_len[fastest] / by_len[target_len],
+        "fastest_len": fastest,
+        "tokens_per_s_by_len": {str(n): v for n, v in by_len.items()},
     }
 
 
@@ -138,6 +183,20 @@ def _median_by_len(reps: list[dict]) -> dict[str, float]:
     return {str(k): statistics.median(v) for k, v in sorted(merged.items())}
 
 
+def _mean_by_position(reps: list[dict]) -> dict[str, list[dict]]:
+    """Per evaluated length, each position bucket's loss averaged over the seeds."""
+    if not all(rep.get("final_by_position") for rep in reps):
+        return {}
+    out = {}
+    for seq_len, buckets in sorted(reps[0]["final_by_position"].items()):
+        losses = [[b["loss"] for b in rep["final_by_position"][seq_len]] for rep in reps]
+        out[str(seq_len)] = [
+            {"positions": b["positions"], "loss": _mean(column)}
+            for b, column in zip(buckets, zip(*losses, strict=True), strict=True)
+        ]
+    return out
+
+
 def _mean_by_len(reps: list[dict]) -> dict[str, float]:
     lengths = sorted(reps[0]["final_by_len"])
     return {str(n): _mean([rep["final_by_len"][n] for rep in reps]) for n in lengths}
@@ -149,10 +208,13 @@ def format_table(report: dict) -> str:
     base = report["runs"][report["baseline"]]["final_val_loss"]
     equal_tokens = any("equal_tokens" in r for r in report["runs"].values())
     compiled = any(r.get("compiles") for r in report["runs"].values())
-    head = f"| run | setting | val loss @{target} | vs baseline | tokens | speedup (equal time) | token gain |"
+    head = (
+        f"| run | setting | val loss @{target} | vs baseline | tokens | speedup (equal time) "
+        "| = learning (token gain) | x cheaper tokens |"
+    )
     head += " loss at equal tokens |" if equal_tokens else ""
     head += " compiling (graphs) |" if compiled else ""
-    columns = 7 + equal_tokens + compiled
+    columns = 8 + equal_tokens + compiled
     lines = [head, "|---" * columns + "|"]
     for name, r in report["runs"].items():
         if "crash" in r:
@@ -163,14 +225,42 @@ def format_table(report: dict) -> str:
             f"| {name} | {point_label(r['setting'])} | {r['final_val_loss']:.4f} "
             f"| {r['final_val_loss'] - base:+.4f} "
             f"| {r['tokens']:,.0f} | {_ratio_text(r['speedup'], r['speedup_each'])} "
-            f"| {_ratio_text(r['token_gain'], r['token_gain_each'])} |"
+            f"| {_ratio_text(r['token_gain'], r['token_gain_each'])} | {_factor(r.get('cheaper_tokens'))} |"
         )
         if equal_tokens:
             row += f" {r['equal_tokens']['final_val_loss']:.4f} |"
         if compiled:
             row += f" {r['compile_s']:.1f} s ({r['compiles']:g}) |"
         lines.append(row)
+    limit = report.get("ceiling")
+    if limit:
+        lines.append(
+            f"\nCheaper tokens alone could give at most {limit['speedup']:.2f}x here: tokens/s at "
+            f"{limit['fastest_len']} over tokens/s at {target}, measured in these runs."
+        )
     return "\n".join(lines)
+
+
+def format_positions(report: dict) -> str:
+    """A Markdown table of each recipe's final loss by position at the longest length evaluated (the
+    target and beyond it), mean over seeds; '' when the runs have none."""
+    rows = {n: r["val_loss_by_position"] for n, r in report["runs"].items() if r.get("val_loss_by_position")}
+    if not rows:
+        return ""
+    window = max(int(n) for n in next(iter(rows.values())))
+    buckets = next(iter(rows.values()))[str(window)]
+    labels = [f"{a}-{b}" for a, b in (x["positions"] for x in buckets)]
+    lines = [
+        f"| run (loss by position at {window}) | " + " | ".join(labels) + " |",
+        "|---" * (len(labels) + 1) + "|",
+    ]
+    for name, by_len in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{b['loss']:.4f}" for b in by_len[str(window)]) + " |")
+    return "\n".join(lines)
+
+
+def _factor(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
 
 
 def format_sweep(report: dict) -> str:

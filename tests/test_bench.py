@@ -54,7 +54,14 @@ def test_tiny_arena_sweeps_then_compares_best_against_best_at_equal_time(corpus,
     report = bench(base, cfg, tmp_path / "b", show_progress=False)
     out = tmp_path / "b"
     assert json.loads((out / "bench.json").read_text()) == report
-    for png in ("bench-loss.png", "bench-throughput.png", "bench-extrapolation.png", "bench-sweep.png"):
+    pngs = (
+        "bench-loss.png",
+        "bench-throughput.png",
+        "bench-extrapolation.png",
+        "bench-sweep.png",
+        "bench-positions.png",
+    )
+    for png in pngs:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     runs = report["runs"]
     assert list(runs) == ["fixed-target", "growlength", "skyladder"] and report["seeds"] == [1, 2]
@@ -97,7 +104,24 @@ def test_tiny_arena_sweeps_then_compares_best_against_best_at_equal_time(corpus,
     assert "sweep/growlength/lr-0.006/metrics.jsonl" in names and "skyladder/seed2/final-eval.json" in names
     assert len([n for n in names if n.endswith("metrics.jsonl")]) == 3 * (2 + 2 + 2)
     table = format_table(report)
-    assert table.count("\n") == 2 + len(runs) - 1 and "| fixed-target | lr=0.00" in table
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + len(runs) and "| fixed-target | lr=0.00" in table
+    # the ceiling: the fastest length's median tokens/s over the target's, from the runs' own steps
+    limit = report["ceiling"]
+    speeds = limit["tokens_per_s_by_len"]
+    assert limit["speedup"] == pytest.approx(max(speeds.values()) / speeds["256"])
+    assert f"at most {limit['speedup']:.2f}x here" in table
+    # speedup = learning x cheaper tokens, seed by seed
+    for run in runs.values():
+        for s, g, c in zip(run["speedup_each"], run["token_gain_each"], run["cheaper_tokens_each"], strict=True):
+            assert (s is None or g is None) == (c is None)
+            assert c is None or s["at"] == pytest.approx(g["at"] * c)
+    # the loss by position at the target and beyond it: buckets ending at the target, averaging to the loss
+    for run in runs.values():
+        buckets = run["val_loss_by_position"]["512"]
+        assert [b["positions"] for b in buckets] == [[1, 64], [65, 256], [257, 512]]
+        mean = sum(b["loss"] * (b["positions"][1] - b["positions"][0] + 1) for b in buckets) / 512
+        assert mean == pytest.approx(run["val_loss_by_len"]["512"], abs=1e-5)
     sweep = format_sweep(report)
     assert sweep.startswith("| run | lr=0.002 | lr=0.006 |") and sweep.count("**") == 2 * len(runs)
 

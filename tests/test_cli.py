@@ -67,7 +67,8 @@ def trained(corpus, tmp_path_factory):
 def test_eval_prints_and_writes_loss_and_perplexity_per_length(trained, capsys):
     assert main(["eval", "--ckpt", str(trained), "--lengths", "64,256,512", "--eval-tokens", "2048"]) == 0
     out = capsys.readouterr().out
-    assert "(beyond the longest trained length)" in out.splitlines()[-2]
+    assert "(beyond the longest trained length)" in out.splitlines()[-3]
+    assert out.splitlines()[-2].startswith("loss by position at 512 (none): 1-64 ")
     report = json.loads((trained / "checkpoints" / "step_00000012" / "eval.json").read_text())
     rows = {r["seq_len"]: r for r in report["results"]}
     assert rows.keys() == {64, 256, 512}

@@ -107,3 +107,51 @@ def test_eval_compares_models_and_modes_in_one_plot(run, tmp_path, capsys):
     assert reports[0]["results"][2]["rope_factor"] == 2.0  # default: 512 / 256
     assert (tmp_path / "ext.png").read_bytes()[:4] == b"\x89PNG"
     assert "yarn x2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("seq_len", "target", "buckets"),
+    [
+        (2048, 2048, [(1, 64), (65, 256), (257, 1024), (1025, 2048)]),
+        (100, 2048, [(1, 64), (65, 100)]),
+        (64, 256, [(1, 64)]),
+        (16384, 8192, [(1, 64), (65, 256), (257, 1024), (1025, 4096), (4097, 8192), (8193, 16384)]),
+        (512, 256, [(1, 64), (65, 256), (257, 512)]),
+    ],
+)
+def test_position_buckets_cover_the_window_once_and_end_at_the_target(seq_len, target, buckets):
+    from growlength.evaluate import position_buckets
+
+    assert position_buckets(seq_len, target) == buckets
+
+
+def test_loss_by_position_is_the_causal_loss_at_each_position(run):
+    """Position p's loss over windows of 256 is the loss of the model given only the window's first p
+    tokens (causality), and the positions' mean is the window's val loss."""
+    from growlength.checkpoint import model_from_checkpoint, open_checkpoint
+    from growlength.evaluate import loss_by_position, val_loss
+    from growlength.tokens import eval_windows
+
+    opened = open_checkpoint(run, None)
+    model = model_from_checkpoint(opened.path, opened.model_cfg, "cpu")
+    kwargs = dict(eval_tokens=2048, micro_batch_tokens=1024, device=torch.device("cpu"), autocast=torch.no_grad)
+    losses_T = loss_by_position(model, opened.data.val, 256, **kwargs)
+    assert losses_T.shape == (256,)
+    assert losses_T.mean() == pytest.approx(val_loss(model, opened.data.val, 256, **kwargs), abs=1e-5)
+    inputs, targets = eval_windows(opened.data.val, 256, 2048)
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(inputs[:, :40])).logits
+    alone = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), torch.from_numpy(targets[:, :40]).flatten(), reduction="none"
+    )
+    assert losses_T[:40] == pytest.approx(alone.view(-1, 40).double().mean(0).numpy(), abs=1e-5)
+
+
+def test_eval_reports_the_loss_by_position_beyond_the_target(run):
+    report = evaluate_checkpoint(run, [256, 1024], eval_tokens=2048)
+    by_len = {r["seq_len"]: r for r in report["results"]}
+    buckets = by_len[1024]["loss_by_position"]
+    assert [b["positions"] for b in buckets] == [[1, 64], [65, 256], [257, 1024]]
+    sizes = [b - a + 1 for a, b in (x["positions"] for x in buckets)]
+    mean = sum(x["loss"] * n for x, n in zip(buckets, sizes, strict=True)) / 1024
+    assert mean == pytest.approx(by_len[1024]["loss"], abs=1e-5)

@@ -96,3 +96,46 @@ def test_the_sweep_table_bolds_each_recipes_best_point():
         "| composer | crash | **4.3000** |",
     ]
     assert format_sweep(report_of({})) == ""
+
+
+def test_a_speedup_splits_into_learning_times_cheaper_tokens():
+    """A recipe twice as fast per token that needs half the tokens: 2 x 2 = 4. Seed 1 crosses the baseline's
+    4.0 at 5 s and at 10,000 tokens (the baseline took 20 s and 20,000 tokens): learning 2x, cheaper 2x."""
+    fast = run([0, 5, 10], [6.0, 4.0, 3.0], tokens=[0, 10_000, 20_000])
+    slow = run([0, 10, 20], [6.0, 4.2, 3.0], tokens=[0, 5_000, 10_000])  # tokens cost the same, learns 4x
+    result = versus(BASE, [fast, slow])
+    assert [round(s["at"], 4) for s in result["speedup_each"]] == [4.0, 2.0]
+    assert [round(g["at"], 4) for g in result["token_gain_each"]] == [2.0, 4.0]
+    assert [round(c, 4) for c in result["cheaper_tokens_each"]] == [2.0, 0.5]
+    assert result["tokens_vs_baseline_each"] == [1.0, 0.5]
+    for s, g, c in zip(
+        result["speedup_each"], result["token_gain_each"], result["cheaper_tokens_each"], strict=True
+    ):
+        assert s["at"] == pytest.approx(g["at"] * c)
+
+
+def test_the_ceiling_is_the_fastest_lengths_tokens_per_s_over_the_targets():
+    from growlength.report import ceiling
+
+    runs = {
+        "fixed-target": {"tokens_per_s_by_len": {"256": 100.0}},
+        "growlength": {"tokens_per_s_by_len": {"64": 150.0, "128": 180.0, "256": 110.0, "512": 400.0}},
+    }
+    limit = ceiling(runs, 256)
+    assert limit["fastest_len"] == 128 and limit["speedup"] == pytest.approx(180 / 105)  # median 105 at 256
+    assert ceiling({"x": {"tokens_per_s_by_len": {"64": 1.0}}}, 256) is None
+
+
+def test_positions_table_averages_each_bucket_over_the_seeds():
+    from growlength.report import format_positions
+
+    def with_positions(low, high):
+        buckets = [{"positions": [1, 64], "loss": low}, {"positions": [65, 512], "loss": high}]
+        return run([0, 10, 20], [6.0, 5.0, 4.0], final_by_position={512: buckets})
+
+    base = {"setting": {}, **versus(BASE, [with_positions(5.0, 4.0), with_positions(5.2, 4.4)])}
+    assert base["val_loss_by_position"]["512"][1]["loss"] == pytest.approx(4.2)
+    table = format_positions(report_of({"fixed-target": base})).splitlines()
+    assert table[0] == "| run (loss by position at 512) | 1-64 | 65-512 |"
+    assert table[2] == "| fixed-target | 5.1000 | 4.2000 |"
+    assert format_positions(report_of({"fixed-target": {"setting": {}, **versus(BASE, BASE)}})) == ""
