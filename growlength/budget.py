@@ -1,7 +1,7 @@
 """Token accounting: how long a run trains (`Budget`: steps, tokens or seconds, and the fraction of it
 done), and how many sequences one optimizer step holds at a given length, and how they split.
 
-Five batch policies, one name each (`batch_policy`):
+Six batch policies, one name each (`batch_policy`):
 
     tokens    rows = tokens_per_step / seq_len, exactly (GrowLength's default: every step moves the model
               by the same amount of data). tokens_per_step=8192: seq_len 128 -> 64 rows, 1024 -> 8 rows.
@@ -16,6 +16,10 @@ Five batch policies, one name each (`batch_policy`):
     megatron  Megatron-DeepSpeed's seqlen_reshape: the step reads tokens_per_step / target_len samples;
               each micro-batch of them is cut into rows of seq_len (recipes.megatron_reshape_rows):
               8 samples of 1024 at seq_len 8 -> 912 rows, not 1024.
+    windows   SkyLadder's: the step reads tokens_per_step / target_len samples and cuts each into
+              windows of seq_len, the remainder after the last whole window a shorter row of its own
+              (its `get_fragment_lens_fixed_length`), so every step trains exactly tokens_per_step
+              tokens. 2 samples of 2048 at seq_len 600 -> 6 rows of 600 and 2 rows of 248.
 """
 
 import math
@@ -25,7 +29,7 @@ from growlength.errors import GrowLengthError
 from growlength.recipes import megatron_reshape_rows
 from growlength.schedule import round_up
 
-BATCH_POLICIES = ("tokens", "reshape", "rows", "truncate", "megatron")
+BATCH_POLICIES = ("tokens", "reshape", "rows", "truncate", "megatron", "windows")
 
 
 def check_batch_policy(policy: str) -> None:
@@ -69,8 +73,10 @@ class StepShape:
     """One optimizer step: `rows` sequences of `seq_len` over all ranks. Each rank runs `accum`
     micro-batches of at most `micro_rows` sequences (the last may hold fewer). Row i starts
     `row_stride` tokens after row i - 1 in the stream (seq_len, or target_len when truncating).
-    With `samples` (Megatron's reshape) the step reads that many samples of `row_stride` tokens, and
-    each micro-batch's `micro_rows` rows are cut from its share of them."""
+    Where rows are `cut` from samples, the step reads `samples` samples of `row_stride` tokens: for
+    Megatron's reshape each micro-batch's `micro_rows` rows are cut from its share of them; for
+    SkyLadder's windows each sample gives rows // samples windows of seq_len, and its remainder is the
+    step's `fragment` part (rows of a shorter length, in micro-batches of their own)."""
 
     seq_len: int
     rows: int
@@ -78,11 +84,23 @@ class StepShape:
     accum: int
     row_stride: int
     samples: int = 0
+    cut: str = ""  # "" (windows of the stream), "megatron" or "windows"
+    fragment: "StepShape | None" = None
 
     @property
     def tokens(self) -> int:
         """Tokens trained on (each is a target once, but for Megatron's overlapping tail rows)."""
-        return self.rows * self.seq_len
+        return self.rows * self.seq_len + (self.fragment.tokens if self.fragment else 0)
+
+    @property
+    def parts(self) -> list["StepShape"]:
+        """The step's parts, each one length in micro-batches of its own: itself, then any fragment."""
+        return [self] if self.fragment is None else [self, self.fragment]
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per rank over every part (gradients are reduced after the last)."""
+        return sum(part.accum for part in self.parts)
 
     @property
     def consumed(self) -> int:
@@ -103,6 +121,8 @@ def step_shape(
     check_batch_policy(batch_policy)
     if batch_policy == "megatron":
         return _megatron_shape(seq_len, tokens_per_step, target_len, micro_batch_tokens, world_size)
+    if batch_policy == "windows":
+        return _windows_shape(seq_len, tokens_per_step, target_len, micro_batch_tokens, world_size)
     rows = _rows(seq_len, tokens_per_step, target_len, world_size, batch_policy)
     if rows % world_size:
         raise GrowLengthError(
@@ -135,6 +155,36 @@ def _megatron_shape(
         accum=accum,
         row_stride=target_len,
         samples=tokens_per_step // target_len,
+        cut="megatron",
+    )
+
+
+def _windows_shape(
+    seq_len: int, tokens_per_step: int, target_len: int, micro_batch_tokens: int, world_size: int
+) -> StepShape:
+    """SkyLadder's: whole samples of target_len, each cut into windows of seq_len and a remainder."""
+    samples = _rows(target_len, tokens_per_step, target_len, world_size, "tokens")
+    if samples % world_size:
+        raise GrowLengthError(
+            f"{samples} samples per step do not split over {world_size} ranks: "
+            f"make tokens_per_step a multiple of {target_len * world_size}"
+        )
+    windows, rest = divmod(target_len, min(seq_len, target_len))
+    fragment = None
+    if rest:
+        micro = min(samples // world_size, max(1, micro_batch_tokens // rest))
+        fragment = StepShape(rest, samples, micro, -(-samples // world_size // micro), rest)
+    rank_rows = samples * windows // world_size
+    micro_rows = min(rank_rows, max(1, micro_batch_tokens // seq_len))
+    return StepShape(
+        min(seq_len, target_len),
+        rows=samples * windows,
+        micro_rows=micro_rows,
+        accum=-(-rank_rows // micro_rows),
+        row_stride=target_len,
+        samples=samples,
+        cut="windows",
+        fragment=fragment,
     )
 
 
@@ -162,7 +212,7 @@ def check_lengths(lengths: tuple[int, ...], **shape_kwargs) -> list[StepShape]:
         try:
             step_shape(seq_len, **shape_kwargs)
         except GrowLengthError:
-            if policy == "megatron":  # whole micro-batches of samples, whatever the length: its own message
+            if policy in ("megatron", "windows"):  # whole samples, whatever the length: their own message
                 raise
             bad.append(seq_len)
     if bad:

@@ -194,7 +194,7 @@ def _train(args) -> int:
 
 def _bench(args) -> int:
     from growlength.bench import bench
-    from growlength.report import format_positions, format_sweep, format_table
+    from growlength.report import format_jumps, format_positions, format_sweep, format_table
 
     overrides = _overrides(args, TrainConfig, BenchConfig)
     base, bench_cfg = load_sections(getattr(args, "config", None), overrides, TrainConfig, BenchConfig)
@@ -202,8 +202,9 @@ def _bench(args) -> int:
     if report["sweep"]:
         print(format_sweep(report), end="\n\n")
     print(format_table(report))
-    if positions := format_positions(report):
-        print("", positions, sep="\n")
+    for extra in (format_positions(report), format_jumps(report)):
+        if extra:
+            print("", extra, sep="\n")
     print(report["headline"])
     print(f"wrote {Path(args.out) / 'bench.json'}, bench-*.png and runs.tar.gz")
     return 0

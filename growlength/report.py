@@ -63,10 +63,31 @@ def read_run(folder: Path) -> dict:
         "compile_s": sum(r.get("compile_s", 0.0) for r in steps),  # inside wall_s: --compile's cost
         "compiles": steps[-1].get("compiles", 0),
         "final_by_len": {r["seq_len"]: r["loss"] for r in final["results"]},
+        "stage_jumps": stage_jumps(steps),
         "final_by_position": {
             r["seq_len"]: r["loss_by_position"] for r in final["results"] if "loss_by_position" in r
         },
     }
+
+
+def stage_jumps(steps: list[dict], k: int = 5) -> list[dict]:
+    """At every change of length a stepped schedule logged: the change's one-step `loss_jump` as the
+    loop logged it, and `jump_k`, the mean loss of the k steps from the change on minus the k before it
+    (one step's loss is noisy; k of them less so).
+
+    >>> change = {"loss": 4.5, "seq_len": 128, "stage_change": True, "loss_jump": 0.5}
+    >>> stage_jumps([{"loss": 4.0, "seq_len": 64}] * 5 + [change] + [{"loss": 4.1, "seq_len": 128}] * 4)
+    [{'seq_len': 128, 'step': 6, 'loss_jump': 0.5, 'jump_k': 0.18}]
+    """
+    jumps = []
+    for i, r in enumerate(steps):
+        if r.get("stage_change"):
+            before, after = steps[max(0, i - k) : i], steps[i : i + k]
+            jump = statistics.fmean(x["loss"] for x in after) - statistics.fmean(x["loss"] for x in before)
+            jumps.append(
+                {"seq_len": r["seq_len"], "step": i + 1, "loss_jump": r["loss_jump"], "jump_k": round(jump, 4)}
+            )
+    return jumps
 
 
 def _step_tokens(steps: list[dict]) -> list[dict]:
@@ -114,6 +135,7 @@ def versus(baseline: list[dict], reps: list[dict]) -> dict:
         "tokens_per_s_by_len": _median_by_len(reps),
         "val_loss_by_len": _mean_by_len(reps),
         "val_loss_by_position": _mean_by_position(reps),
+        "stage_jumps_each": [r.get("stage_jumps", []) for r in reps],
     }
 
 
@@ -256,6 +278,28 @@ def format_positions(report: dict) -> str:
     ]
     for name, by_len in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{b['loss']:.4f}" for b in by_len[str(window)]) + " |")
+    return "\n".join(lines)
+
+
+def format_jumps(report: dict) -> str:
+    """A Markdown table of the loss jump at each change of length (mean over the seeds of the k-step
+    jump), one row per recipe whose schedule has stages; '' when none has."""
+    rows = {}
+    for name, r in report["runs"].items():
+        each = r.get("stage_jumps_each") or []
+        if each and all(each) and len({len(e) for e in each}) == 1:
+            rows[name] = [(c[0]["seq_len"], _mean([x["jump_k"] for x in c])) for c in zip(*each, strict=True)]
+    if not rows:
+        return ""
+    lengths = sorted({n for jumps in rows.values() for n, _ in jumps})
+    lines = [
+        "| run (loss jump at the change to) | " + " | ".join(map(str, lengths)) + " | sum |",
+        "|---" * (len(lengths) + 2) + "|",
+    ]
+    for name, jumps in rows.items():
+        by_len = dict(jumps)
+        cells = [f"{by_len[n]:+.3f}" if n in by_len else "" for n in lengths]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(by_len.values()):+.3f} |")
     return "\n".join(lines)
 
 

@@ -45,7 +45,7 @@ class Ahead:
     shape: StepShape
     loader_state: dict
     cursor: int  # the loader's tokens read before it
-    rows_BT1: torch.Tensor  # its rows of seq_len + 1 tokens: inputs [:, :-1], targets [:, 1:]
+    parts_BT1: list[torch.Tensor]  # per part, rows of seq_len + 1 tokens: inputs [:, :-1], targets [:, 1:]
 
 
 @dataclass(kw_only=True)

@@ -191,18 +191,21 @@ def train_step(run: Run, shape: StepShape, started: float, ahead: bool = True) -
     the device works through what was queued, read the next step's batch (unless this is the last step,
     or `ahead` is off: profile's steps follow no schedule); then wait for the loss.
     Returns the mean loss and the LR used."""
-    rows_BT1 = take_batch(run, shape)  # each row its inputs and, one token on, its targets
+    parts_BT1 = take_batch(run, shape)  # per part of the step, rows of its inputs and, one token on, targets
     total = torch.zeros((), device=run.device)
-    for micro in range(shape.accum):
-        rows = slice(micro * shape.micro_rows, (micro + 1) * shape.micro_rows)
-        micro_BT1 = rows_BT1[rows].to(run.device, non_blocking=True)
-        position_ids = _doc_positions(run, rows_BT1[rows, :-1])
-        # Weight by rows so a short last micro-batch counts for what it holds: the sum is the step's mean.
-        weight = len(micro_BT1) / len(rows_BT1)
-        with dist.no_sync(run.model, micro, shape.accum), run.autocast():
-            loss = lm_loss(run.model, micro_BT1[:, :-1], micro_BT1[:, 1:], position_ids) * weight
-            loss.backward()
-        total += loss.detach()  # on the device: one sync per step, below
+    micro = 0  # over every part: gradients are reduced in the step's last micro-batch
+    for part, rows_BT1 in zip(shape.parts, parts_BT1, strict=True):
+        for first in range(0, len(rows_BT1), part.micro_rows):
+            rows = slice(first, first + part.micro_rows)
+            micro_BT1 = rows_BT1[rows].to(run.device, non_blocking=True)
+            position_ids = _doc_positions(run, rows_BT1[rows, :-1])
+            # Weight by tokens so each micro-batch counts for what it holds: the sum is the step's mean.
+            weight = micro_BT1[:, 1:].numel() / (shape.tokens // run.world.size)
+            with dist.no_sync(run.model, micro, shape.micro_batches), run.autocast():
+                loss = lm_loss(run.model, micro_BT1[:, :-1], micro_BT1[:, 1:], position_ids) * weight
+                loss.backward()
+            total += loss.detach()  # on the device: one sync per step, below
+            micro += 1
     if run.cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
     fraction = _fraction_after_step(run, shape, started)
@@ -220,23 +223,24 @@ def train_step(run: Run, shape: StepShape, started: float, ahead: bool = True) -
     return loss, lr
 
 
-def take_batch(run: Run, shape: StepShape) -> torch.Tensor:
-    """This rank's rows of a step at `shape` (seq_len + 1 tokens each): the batch read ahead if it was
+def take_batch(run: Run, shape: StepShape) -> list[torch.Tensor]:
+    """This rank's rows of a step at `shape`, per part of it (rows of seq_len + 1 tokens; a second part
+    for SkyLadder's fragments): the batch read ahead if it was
     read for this shape; else (a seconds budget that changed length a step sooner than guessed) the
     loader goes back to where it was before reading ahead, and reads for the shape the step has."""
     ahead, run.ahead = run.ahead, None
     if ahead is not None:
         if ahead.shape == shape:
-            return ahead.rows_BT1
+            return ahead.parts_BT1
         run.loader.load_state_dict(ahead.loader_state)
-    return _host_rows(run, *read_batch(run.loader, shape))
+    return [_host_rows(run, *part) for part in read_batch(run.loader, shape)]
 
 
 def read_ahead(run: Run, shape: StepShape) -> None:
     """Read the batch of the step expected next (its length from the progress this step ends at, as the
     loop will compute it: exact for step and token budgets) while the device computes this one."""
     state, cursor = run.loader.state_dict(), run.loader.cursor
-    run.ahead = Ahead(shape, state, cursor, _host_rows(run, *read_batch(run.loader, shape)))
+    run.ahead = Ahead(shape, state, cursor, [_host_rows(run, *part) for part in read_batch(run.loader, shape)])
 
 
 def loader_state(run: Run) -> dict:
@@ -269,18 +273,36 @@ def _doc_positions(run: Run, inputs_BT: torch.Tensor) -> torch.Tensor | None:
     return torch.from_numpy(positions_BT).to(run.device, non_blocking=True)
 
 
-def read_batch(loader: Loader, shape: StepShape) -> tuple[np.ndarray, np.ndarray]:
-    """This rank's (inputs, targets) of one step: windows of the stream, or for Megatron's reshape the
-    step's samples of row_stride + 1 tokens, each micro-batch of them cut into rows of seq_len."""
-    if not shape.samples:
-        return loader.next_batch(shape.seq_len, shape.rows, row_stride=shape.row_stride)
+def read_batch(loader: Loader, shape: StepShape) -> list[tuple[np.ndarray, np.ndarray]]:
+    """This rank's (inputs, targets) of one step, per part: windows of the stream; or the step's samples
+    of row_stride + 1 tokens, for Megatron's reshape each micro-batch of them cut into rows of seq_len,
+    for SkyLadder's windows each cut into windows of seq_len and its remainder (the second part)."""
+    if not shape.cut:
+        return [loader.next_batch(shape.seq_len, shape.rows, row_stride=shape.row_stride)]
     inputs, targets = loader.next_batch(shape.row_stride, shape.samples)
     samples_BS = np.concatenate([inputs, targets[:, -1:]], axis=1)
+    if shape.cut == "windows":
+        return [(rows[:, :-1], rows[:, 1:]) for rows in cut_windows(samples_BS, shape.seq_len)]
     mbs = len(samples_BS) // shape.accum
     rows_R = np.concatenate(
         [megatron_reshape(samples_BS[i * mbs : (i + 1) * mbs], shape.seq_len) for i in range(shape.accum)]
     )
-    return rows_R[:, :-1], rows_R[:, 1:]
+    return [(rows_R[:, :-1], rows_R[:, 1:])]
+
+
+def cut_windows(samples_BS: np.ndarray, seq_len: int) -> list[np.ndarray]:
+    """SkyLadder's windows of samples (B, T + 1): each sample's whole windows of seq_len (rows of
+    seq_len + 1 tokens, each one token into the next), then, if seq_len does not divide T, each
+    sample's last T mod seq_len targets as one shorter row: every target of the sample once.
+
+    >>> [rows.tolist() for rows in cut_windows(np.arange(8)[None], 3)]
+    [[[0, 1, 2, 3], [3, 4, 5, 6]], [[6, 7]]]
+    """
+    batch, sample_len = samples_BS.shape[0], samples_BS.shape[1] - 1
+    windows, rest = divmod(sample_len, seq_len)
+    starts = np.arange(windows) * seq_len
+    rows_RL1 = samples_BS[:, starts[:, None] + np.arange(seq_len + 1)].reshape(batch * windows, seq_len + 1)
+    return [rows_RL1, samples_BS[:, windows * seq_len :]] if rest else [rows_RL1]
 
 
 def advance(run: Run, shape: StepShape, step_s: float, loss: float) -> None:

@@ -25,9 +25,9 @@ def recording_batches(take_batch, batches: list[np.ndarray]):
     """take_batch, keeping the inputs each step trains on (reads ahead for a guess that missed are not)."""
 
     def take(*args, **kwargs):
-        rows_BT1 = take_batch(*args, **kwargs)
-        batches.append(rows_BT1[:, :-1].numpy().copy())
-        return rows_BT1
+        parts_BT1 = take_batch(*args, **kwargs)
+        batches.append(parts_BT1[0][:, :-1].numpy().copy())
+        return parts_BT1
 
     return take
 

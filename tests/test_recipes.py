@@ -135,7 +135,29 @@ def test_megatron_rows_in_a_step():
         step_shape(8, tokens_per_step=3072, target_len=1024, micro_batch_tokens=2048, batch_policy="megatron")
 
 
-def test_skyladder_is_linear_from_8_over_60_percent():
+def skyladder_window(iter_num: int, changing_point: int, init: int = 32, final: int = 2048) -> int:
+    """SkyLadder's `calculate_mask_length_linear_schedule` (lit_gpt/packed_dataset.py), transcribed."""
+    if iter_num >= changing_point:
+        return final
+    return init + int((final - init) * (iter_num / changing_point))
+
+
+def skyladder_fragments(n: int, window: int) -> list[int]:
+    """SkyLadder's `get_fragment_lens_fixed_length(chunk, window, is_multiple=False)`, transcribed: the
+    lengths of the pieces a chunk of n tokens is cut into."""
+    ends = np.arange(window, n, window) - 1
+    if ends.size == 0:
+        return [n]
+    lengths, prev = [], 0
+    for end in ends:
+        lengths.append(int(end) - prev + 1)
+        prev = int(end) + 1
+    if prev < n:
+        lengths.append(n - prev)
+    return lengths
+
+
+def test_skyladder_is_its_linear_window_from_32_over_65_percent():
     values = recipe("skyladder", short_len=128, start_len=128)
     schedule = make_schedule(
         values["schedule"],
@@ -144,10 +166,31 @@ def test_skyladder_is_linear_from_8_over_60_percent():
         ramp=values["ramp"],
         multiple=values["multiple"],
     )
-    # w(t) = min(L, w_s + floor(a t)), a = (L - w_s) / 0.6
-    for t in (0.0, 0.01, 0.1234, 0.3, 0.5999, 0.6, 0.9):
-        assert schedule.seq_len_at(t) == min(2048, 8 + math.floor((2048 - 8) / 0.6 * t))
-    assert values["batch_policy"] == "reshape"  # real short rows, about constant tokens
+    total = 10_000
+    for step in (0, 1, 100, 1234, 3000, 6499, 6500, 9000):
+        assert schedule.seq_len_at(step / total) == skyladder_window(step, changing_point=int(0.65 * total))
+    assert values["batch_policy"] == "windows"
+
+
+@pytest.mark.parametrize("seq_len", [32, 33, 100, 600, 1023, 1024, 1500, 2047, 2048])
+def test_skyladder_windows_train_every_token_of_each_sample_as_its_code_cuts_it(seq_len):
+    from growlength.train import cut_windows
+
+    shape = step_shape(
+        seq_len, tokens_per_step=4096, target_len=2048, micro_batch_tokens=4096, batch_policy="windows"
+    )
+    assert shape.tokens == shape.consumed == 4096  # B x T every step
+    assert [part.seq_len for part in shape.parts for _ in range(part.rows // 2)] == skyladder_fragments(
+        2048, seq_len
+    )
+    samples_BS = np.arange(2 * 2049).reshape(2, 2049)
+    parts = cut_windows(samples_BS, seq_len)
+    assert [len(rows) for rows in parts] == [part.rows for part in shape.parts]
+    # each target of a sample once, with the token before it as its input
+    targets = np.sort(np.concatenate([rows[:, 1:].ravel() for rows in parts]))
+    np.testing.assert_array_equal(targets, np.sort(samples_BS[:, 1:].ravel()))
+    for rows in parts:
+        np.testing.assert_array_equal(np.diff(rows, axis=1), 1)  # contiguous within a sample
 
 
 def test_recipes_fill_the_bench_values():

@@ -139,3 +139,20 @@ def test_positions_table_averages_each_bucket_over_the_seeds():
     assert table[0] == "| run (loss by position at 512) | 1-64 | 65-512 |"
     assert table[2] == "| fixed-target | 5.1000 | 4.2000 |"
     assert format_positions(report_of({"fixed-target": {"setting": {}, **versus(BASE, BASE)}})) == ""
+
+
+def test_jumps_table_averages_each_change_over_the_seeds():
+    from growlength.report import format_jumps
+
+    def with_jumps(*jumps):
+        changes = [{"seq_len": n, "step": 10 * i, "loss_jump": j, "jump_k": j} for i, (n, j) in enumerate(jumps)]
+        return run([0, 10, 20], [6.0, 5.0, 4.0], stage_jumps=changes)
+
+    mine = {
+        "setting": {},
+        **versus(BASE, [with_jumps((128, 0.2), (256, -0.1)), with_jumps((128, 0.4), (256, 0.1))]),
+    }
+    table = format_jumps(report_of({"fixed-target": {"setting": {}, **versus(BASE, BASE)}, "growlength": mine}))
+    assert table.splitlines()[0] == "| run (loss jump at the change to) | 128 | 256 | sum |"
+    assert table.splitlines()[2] == "| growlength | +0.300 | +0.000 | +0.300 |"
+    assert len(table.splitlines()) == 3  # the baseline changes no length: no row

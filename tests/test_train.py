@@ -129,6 +129,47 @@ def test_truncate_and_reshape_baselines(corpus, tmp_path):
     assert evals[-1]["data_tokens"] == steps[-1]["tokens"]
 
 
+def test_skyladder_windows_train_every_token_of_each_sample_at_one_mean(corpus, tmp_path):
+    """batch_policy windows: each step trains tokens_per_step tokens, whole windows and each sample's
+    remainder as its own row; the step's loss is the mean over every target of both parts."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from growlength.train import read_batch, setup, train_step
+
+    common = dict(schedule="linear", start_len=48, multiple=1, ramp=0.5, batch_policy="windows", evals=1)
+    train(tiny_config(corpus, budget_steps=6, **common), tmp_path / "windows", show_progress=False)
+    steps, evals = records(tmp_path / "windows")
+    assert [r["tokens"] for r in steps] == [2048 * (i + 1) for i in range(6)]
+    assert evals[-1]["data_tokens"] == steps[-1]["tokens"]
+    assert any(256 % r["seq_len"] for r in steps)  # lengths that leave a fragment
+
+    run = setup(tiny_config(corpus, micro_batch_tokens=512, **common), tmp_path / "one", resume=False)
+    shape = run.shape_by_len[100]  # 8 samples of 256: 16 windows of 100 and 8 fragments of 56
+    assert [(part.seq_len, part.rows, part.accum) for part in shape.parts] == [(100, 16, 4), (56, 8, 1)]
+    state = run.loader.state_dict()
+    targets = sum(t.size for _, t in read_batch(run.loader, shape))
+    with torch.no_grad():
+        total = sum(
+            F.cross_entropy(
+                run.model(input_ids=torch.from_numpy(x)).logits.flatten(0, 1),
+                torch.from_numpy(y).flatten(),
+                reduction="sum",
+            )
+            for x, y in read_batch(_rewound(run.loader, state), shape)
+        )
+    run.loader.load_state_dict(state)
+    loss, _ = train_step(run, shape, time.perf_counter(), ahead=False)
+    assert targets == 2048 and loss == pytest.approx(total.item() / targets, rel=1e-5)
+
+
+def _rewound(loader, state):
+    loader.load_state_dict(state)
+    return loader
+
+
 def test_short_fixed_run_is_evaluated_at_the_target(corpus, tmp_path):
     out = tmp_path / "short"
     record = train(
@@ -345,16 +386,16 @@ def test_reading_ahead_never_changes_the_data_a_step_trains_on(corpus, tmp_path)
 
     run = setup(tiny_config(corpus), tmp_path / "run", resume=False)
     start = run.loader.state_dict()
-    expected, _ = read_batch(run.loader, run.shape_by_len[128])
+    [(expected, _)] = read_batch(run.loader, run.shape_by_len[128])
     after = run.loader.state_dict()
     run.loader.load_state_dict(start)
     read_ahead(run, run.shape_by_len[64])
     assert loader_state(run) == start and data_tokens(run) == start["cursor"] == 0
     assert run.loader.state_dict() != start  # it did read
-    rows_BT1 = take_batch(run, run.shape_by_len[128])  # the guess was wrong
+    [rows_BT1] = take_batch(run, run.shape_by_len[128])  # the guess was wrong
     np.testing.assert_array_equal(rows_BT1[:, :-1].numpy(), expected)
     assert rows_BT1.is_contiguous() and rows_BT1.shape == (16, 129)  # inputs and targets as one block
     assert run.loader.state_dict() == after and run.ahead is None
     read_ahead(run, run.shape_by_len[128])
-    ahead = run.ahead.rows_BT1
+    ahead = run.ahead.parts_BT1
     assert take_batch(run, run.shape_by_len[128]) is ahead  # the guess was right: no second read
