@@ -17,7 +17,7 @@ def test_python_blocks_run(capsys):
         exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "[128, 256, 1024]" in out
-    assert "StepShape(seq_len=256, rows=32, micro_rows=16, accum=2, row_stride=256, samples=0)" in out
+    assert "\n32 16 2 8192\n" in out
 
 
 def test_doc_flags_exist():
