@@ -16,6 +16,14 @@ per optimizer step, and the Grow-P2 curriculum deciding which.
 
 Here the mix is the fluid form of that draw, a pure function of fraction within the cycle
 (`bucket_odds`), and the draw is seeded by (seed, step): resume needs only the per-bucket cursors.
+
+DD counts the cycles in batches, each of the same tokens: its cycles are counted in tokens. Under a
+seconds budget, counting them in seconds would skew the mix toward the short buckets (their steps are
+quicker, so the short-first part of each cycle gets more steps: six equal buckets to 8,192, the
+shortest's tokens 2.9x cheaper, the longest's share falls from 17% to 11%, tests/test_buckets.py). So there the cycles are counted in tokens (`token_fraction`) against the
+tokens the seconds are expected to hold at the cycle's tokens/s (`cycle_tokens_per_s`, from each
+bucket's measured tokens/s), corrected by how much slower the steps so far ran than the measurement
+said (the optimizer step, data, a busy machine).
 """
 
 import math
@@ -97,10 +105,35 @@ def bucket_odds(u: float, shares: list[float], curriculum: list[int]) -> list[fl
 
 def dd_seq_len(fraction: float, step: int, *, seed: int, lengths: tuple[int, ...], shares: list[float]) -> int:
     """The length of the step's bucket: cycle position from fraction, then a draw seeded by the step
-    (the same on every rank, the same after a resume)."""
-    u = (fraction * CYCLES) % 1.0
+    (the same on every rank, the same after a resume). The end of the budget is the last cycle's end, not
+    a new cycle's start: a seconds budget whose tokens overrun their estimate stays at the longest mix."""
+    u = (min(fraction, 1.0 - 1e-12) * CYCLES) % 1.0
     odds = bucket_odds(u, shares, grow_p2(len(lengths)))
     return lengths[int(np.random.default_rng([seed, step]).choice(len(lengths), p=odds))]
+
+
+def cycle_tokens_per_s(shares: list[float], tokens_per_s: list[float]) -> float:
+    """Tokens/s over a whole cycle, where bucket i holds shares[i] of the cycle's tokens and trains at
+    tokens_per_s[i]: the tokens over the sum of each bucket's seconds.
+
+    >>> cycle_tokens_per_s([0.5, 0.5], [300.0, 100.0])  # 1 / (0.5 / 300 + 0.5 / 100)
+    150.0
+    """
+    return 1.0 / sum(share / speed for share, speed in zip(shares, tokens_per_s, strict=True))
+
+
+def token_fraction(
+    tokens: int, *, seconds: float, planned_seconds: float, budget_seconds: float, tokens_per_s: float
+) -> float:
+    """The fraction of a seconds budget's expected tokens trained: tokens over budget_seconds x
+    tokens_per_s, the speed scaled by planned_seconds / seconds (what the measured speeds predicted
+    for the steps so far over what they took). Capped at 1.
+
+    >>> token_fraction(1000, seconds=6.0, planned_seconds=4.0, budget_seconds=10.0, tokens_per_s=300.0)
+    0.5
+    """
+    slower = seconds / planned_seconds if planned_seconds > 0 and seconds > 0 else 1.0
+    return min(1.0, tokens * slower / (budget_seconds * tokens_per_s))
 
 
 class BucketLoader:

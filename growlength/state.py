@@ -33,7 +33,8 @@ class Progress:
     compiles: int = 0  # graphs torch.compile built (each process builds its own: a resume adds more)
     compile_s: float = 0.0  # seconds spent compiling, part of `seconds`
     last_compile_s: float = 0.0  # of which in the last step
-    planned_tokens_per_s: dict[str, float] = field(default_factory=dict)  # what --schedule auto planned from
+    planned_tokens_per_s: dict[str, float] = field(default_factory=dict)  # what auto (or dd's cycles) planned from
+    planned_seconds: float = 0.0  # dd under seconds: what planned_tokens_per_s gave the steps taken
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class Run:
     peak_flops: float | None = None  # the device's, for MFU; None where unknown
     compile_seen: tuple[int, float] = (0, 0.0)  # this process's compile_stats() after the last step
     rope_at: Callable[[int], dict] | None = None  # seq_len -> RoPE parameters (the position policy)
+    # the fraction of the budget the length schedule is at (step=, tokens=, seconds=): the budget's own,
+    # but for dd under a seconds budget, its tokens (buckets.token_fraction)
+    length_fraction: Callable[..., float] | None = None
 
     def autocast(self):
         return autocast_context(self.device)

@@ -8,6 +8,7 @@ Shapes (docs/glossary.md): B rows, T positions (T1: seq_len + 1 tokens), R a ste
 """
 
 import contextlib
+import functools
 import json
 import math
 import sys
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from growlength import dist
-from growlength.buckets import BucketLoader
+from growlength.buckets import BucketLoader, cycle_tokens_per_s, token_fraction
 from growlength.budget import StepShape
 from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from growlength.config import TrainConfig, save_config
@@ -74,8 +75,7 @@ def _loop(run: Run, show_progress: bool) -> dict:
         evaluated(run, evaluate(run))  # the curves start at the untrained model
     bar = progress_bar(run, show_progress)
     while not finished(run):
-        fraction = run.budget.fraction(step=p.step, tokens=p.tokens, seconds=p.seconds)
-        shape = run.shape_by_len[run.schedule.seq_len_at(fraction, p.step)]
+        shape = run.shape_by_len[scheduled_len(run, step=p.step, tokens=p.tokens, seconds=p.seconds)]
         if not worth_a_step(run, shape):
             break
         set_positions(run, shape.seq_len)
@@ -145,6 +145,8 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         )
     if cfg.schedule == "auto":
         run.schedule = auto_schedule(run)
+    if cfg.schedule == "dd" and run.budget.seconds is not None:
+        run.length_fraction = dd_length_fraction(run)
     if cfg.compile:  # what compiling costs from here on is the steps' (measuring for auto compiles too)
         run.compile_seen = compile_stats()
     return run
@@ -156,19 +158,10 @@ def auto_schedule(run: Run) -> LengthSchedule:
     building the model: its seconds are reported (`plan_s` in auto-plan.json), not counted as training
     time, which would also spend the LR warmup before the first step. The table is kept in the run's
     progress, so every checkpoint holds it and a resumed run plans the same stages without measuring."""
-    p, cfg = run.progress, run.cfg
-    lengths = run.schedule.all_lengths()
     started = time.perf_counter()
-    if not p.planned_tokens_per_s:
-        if cfg.plan_from:
-            table = read_throughput(cfg.plan_from, lengths)
-        else:
-            shapes = [run.shape_by_len[n] for n in lengths]
-            table = measure_tokens_per_s(dist.unwrap(run.model), shapes, run.device, run.autocast)
-        p.planned_tokens_per_s = {str(n): dist.broadcast_float(v) for n, v in table.items()}
+    table = planned_tokens_per_s(run, run.schedule.all_lengths())
     plan_s = time.perf_counter() - started
-    table = {int(n): v for n, v in p.planned_tokens_per_s.items()}
-    stages = plan_stages(table, unit=run.budget.unit, power=cfg.auto_power)
+    stages = plan_stages(table, unit=run.budget.unit, power=run.cfg.auto_power)
     if run.world.is_main:
         speeds = ", ".join(f"{n}: {v:,.0f}" for n, v in table.items())
         print(f"auto: tokens/s {speeds} ({plan_s:.1f} s) -> stages {stages} (shares of the {run.budget.unit})")
@@ -176,6 +169,56 @@ def auto_schedule(run: Run) -> LengthSchedule:
         with writing("auto-plan.json", run.out):
             (run.out / "auto-plan.json").write_text(json.dumps(record, indent=2))
     return planned_schedule(stages)
+
+
+def dd_length_fraction(run: Run):
+    """Dataset Decomposition under a seconds budget: its cycles counted in tokens, as DD counts them (in
+    batches of equal tokens), at each bucket's tokens/s (measured like auto's, kept in the checkpoints;
+    buckets.token_fraction)."""
+    started = time.perf_counter()
+    lengths = run.schedule.lengths
+    table = planned_tokens_per_s(run, lengths)
+    speed = cycle_tokens_per_s(list(run.schedule.shares), [table[n] for n in lengths])
+    if run.world.is_main:
+        speeds = ", ".join(f"{n}: {v:,.0f}" for n, v in table.items())
+        print(
+            f"dd: tokens/s {speeds} ({time.perf_counter() - started:.1f} s): {speed:,.0f} over a cycle; "
+            f"cycles counted in tokens, about {run.budget.seconds * speed:,.0f} in {run.budget.seconds:g} s"
+        )
+    return functools.partial(_dd_fraction, run, speed)
+
+
+def _dd_fraction(run: Run, tokens_per_s: float, *, step: int, tokens: int, seconds: float) -> float:
+    planned = run.progress.planned_seconds
+    return token_fraction(
+        tokens,
+        seconds=seconds,
+        planned_seconds=planned,
+        budget_seconds=run.budget.seconds,
+        tokens_per_s=tokens_per_s,
+    )
+
+
+def planned_tokens_per_s(run: Run, lengths: list[int]) -> dict[int, float]:
+    """Tokens/s at each length to plan from: measured here (rank 0's figures broadcast) or read from
+    --plan-from, once: kept in the run's progress, so every checkpoint holds the table and a resumed
+    run plans the same without measuring. Measuring is setup, like building the model, not training."""
+    p, cfg = run.progress, run.cfg
+    if not p.planned_tokens_per_s:
+        if cfg.plan_from:
+            table = read_throughput(cfg.plan_from, lengths)
+        else:
+            shapes = [run.shape_by_len[n] for n in lengths]
+            table = measure_tokens_per_s(dist.unwrap(run.model), shapes, run.device, run.autocast)
+        p.planned_tokens_per_s = {str(n): dist.broadcast_float(v) for n, v in table.items()}
+    return {int(n): v for n, v in p.planned_tokens_per_s.items()}
+
+
+def scheduled_len(run: Run, *, step: int, tokens: int, seconds: float) -> int:
+    """The length of the step after `step` steps, `tokens` tokens and `seconds` of training: the
+    schedule at the fraction of its budget done (`step` seeds dd's draw)."""
+    fraction = (run.length_fraction or run.budget.fraction)(step=step, tokens=tokens, seconds=seconds)
+    return run.schedule.seq_len_at(fraction, step)
 
 
 def _loader(checked: Preflight, cfg: TrainConfig, world: dist.World) -> Loader | BucketLoader:
@@ -208,12 +251,13 @@ def train_step(run: Run, shape: StepShape, started: float, ahead: bool = True) -
             micro += 1
     if run.cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
-    fraction = _fraction_after_step(run, shape, started)
+    after = _progress_after_step(run, shape, started)
+    fraction = run.budget.fraction(**after)
     lr = set_lr(run, fraction)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if ahead and fraction < 1.0:
-        read_ahead(run, run.shape_by_len[run.schedule.seq_len_at(fraction, run.progress.step + 1)])
+        read_ahead(run, run.shape_by_len[scheduled_len(run, **after)])
     loss = dist.mean_over_ranks(total.item())
     if not math.isfinite(loss):
         raise GrowLengthError(
@@ -317,6 +361,8 @@ def advance(run: Run, shape: StepShape, step_s: float, loss: float) -> None:
     if shape.seq_len not in p.seq_lens:
         p.seq_lens.append(shape.seq_len)
     p.recent = [*p.recent, (shape.seq_len, loss)][-6:]
+    if run.length_fraction is not None:  # dd under seconds: its speed estimate's correction
+        p.planned_seconds += shape.tokens / p.planned_tokens_per_s[str(shape.seq_len)]
     if run.cfg.compile:
         graphs, seconds = compile_stats()
         p.compiles += graphs - run.compile_seen[0]
@@ -355,15 +401,16 @@ def set_lr(run: Run, fraction: float) -> float:
     return lr
 
 
-def _fraction_after_step(run: Run, shape: StepShape, started: float) -> float:
-    """Progress at the end of this step, which the LR is set for. Known exactly for steps and tokens;
-    for seconds, the time spent so far (rank 0's, so every rank sets the same LR) stands for the step's:
-    the optimizer step itself is what remains. So the first step trains at a small LR, not at zero."""
+def _progress_after_step(run: Run, shape: StepShape, started: float) -> dict:
+    """Progress at the end of this step (steps, tokens, seconds), which the LR is set for. Known exactly
+    for steps and tokens; for seconds, the time spent so far (rank 0's, so every rank sets the same LR)
+    stands for the step's: the optimizer step itself is what remains. So the first step trains at a
+    small LR, not at zero."""
     p = run.progress
     seconds = p.seconds
     if run.budget.seconds is not None:
         seconds += dist.broadcast_float(time.perf_counter() - started)
-    return run.budget.fraction(step=p.step + 1, tokens=p.tokens + shape.tokens, seconds=seconds)
+    return {"step": p.step + 1, "tokens": p.tokens + shape.tokens, "seconds": seconds}
 
 
 def eval_count(run: Run) -> int:

@@ -125,3 +125,59 @@ def test_dd_trains_one_bucket_per_step_and_resumes_exactly(corpus, tmp_path):
     assert [s["loss"] for s in read_metrics(crashed)[0]] == [s["loss"] for s in steps]
     with pytest.raises(GrowLengthError, match="powers of two: start_len is 48"):
         train(tiny_config(corpus, schedule="dd", start_len=48), tmp_path / "bad", show_progress=False)
+
+
+def _replay(counting: str, slower: float = 1.0, seconds: float = 40_000.0) -> tuple[float, float]:
+    """A seconds budget replayed without a model: constant tokens per step, each bucket's step time from
+    its measured tokens/s (the shortest 2.9x quicker per token than the longest, this CPU's 128 vs 8,192)
+    times `slower` plus a fixed optimizer step; equal data shares. Returns the longest bucket's share of
+    the tokens trained and the fraction of the expected tokens reached when the seconds ran out."""
+    from growlength.buckets import cycle_tokens_per_s, token_fraction
+
+    lengths, shares = (256, 512, 1024, 2048, 4096, 8192), [1 / 6] * 6
+    speed = dict(zip(lengths, np.geomspace(2.9, 1.0, 6) * 1000.0, strict=True))
+    cycle = cycle_tokens_per_s(shares, [speed[n] for n in lengths])
+    step_tokens, tokens, done, planned, step, by_len = 8192, 0, 0.0, 0.0, 0, dict.fromkeys(lengths, 0)
+    fraction = 0.0
+    while done < seconds:
+        fraction = (
+            done / seconds
+            if counting == "seconds"
+            else token_fraction(
+                tokens, seconds=done, planned_seconds=planned, budget_seconds=seconds, tokens_per_s=cycle
+            )
+        )
+        n = dd_seq_len(fraction, step, seed=0, lengths=lengths, shares=shares)
+        by_len[n] += step_tokens
+        tokens, step = tokens + step_tokens, step + 1
+        done += slower * step_tokens / speed[n] + (0.5 if slower > 1 else 0.0)
+        planned += step_tokens / speed[n]
+    return by_len[8192] / tokens, fraction
+
+
+def test_dd_counts_its_cycles_in_tokens_under_a_seconds_budget():
+    """DD's cycles are counted in batches of equal tokens: under a seconds budget, counting them in seconds
+    gives the quick short buckets more steps; counting in tokens keeps each bucket at its data share, also
+    when the steps run slower than measured (the estimate corrects itself) and the run still ends at the
+    end of its last cycle."""
+    (in_tokens, end), (in_seconds, _) = _replay("tokens"), _replay("seconds")
+    assert in_tokens == pytest.approx(1 / 6, abs=0.01) and end > 0.99
+    assert in_seconds < in_tokens - 0.03
+    slow_share, slow_end = _replay("tokens", slower=1.4)
+    assert slow_share == pytest.approx(1 / 6, abs=0.01) and slow_end > 0.98
+
+
+def test_dd_under_a_seconds_budget_measures_once_and_a_resume_reuses_the_table(corpus, tmp_path, capsys):
+    cfg = tiny_config(
+        corpus, schedule="dd", start_len=32, budget_steps=None, budget_seconds=3, evals=1, rope_theta=1e5
+    )
+    train(cfg, tmp_path / "run", show_progress=False)
+    first = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dd: tokens/s")]
+    assert len(first) == 1 and "cycles counted in tokens" in first[0]
+    steps, _ = read_metrics(tmp_path / "run")
+    assert len({s["seq_len"] for s in steps}) >= 2
+    config = (tmp_path / "run" / "config.yaml").read_text().replace("budget_seconds: 3", "budget_seconds: 4")
+    (tmp_path / "run" / "config.yaml").write_text(config)
+    train(None, tmp_path / "run", resume=True, show_progress=False)
+    again = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dd: tokens/s")]
+    assert again[0].split("(")[0] == first[0].split("(")[0]  # the same table, from the checkpoint
