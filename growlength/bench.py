@@ -185,6 +185,7 @@ def summarize(out: Path, base: TrainConfig, bench_cfg, names, points, best, cras
         "bench": dataclasses.asdict(bench_cfg),
         "target_len": base.target_len,
         "model": base.model,
+        "params": _params(base),
         "budget": {"seconds": base.budget_seconds, "tokens": base.budget_tokens, "steps": base.budget_steps},
         "tokens_per_step": base.tokens_per_step,
         "seeds": seeds,
@@ -195,6 +196,14 @@ def summarize(out: Path, base: TrainConfig, bench_cfg, names, points, best, cras
     }
     report["headline"] = headline(report)
     return report
+
+
+def _params(base: TrainConfig) -> int:
+    from growlength.models import params_of
+    from growlength.preflight import preflight
+    from growlength.prepare import resolve_data
+
+    return params_of(preflight(base, resolve_data(base.data, base.vocab_size)).model_cfg)
 
 
 def _sweep_table(out: Path, names: list[str], points: list[dict], crashes: dict) -> dict:

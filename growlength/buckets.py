@@ -20,10 +20,11 @@ Here the mix is the fluid form of that draw, a pure function of fraction within 
 DD counts the cycles in batches, each of the same tokens: its cycles are counted in tokens. Under a
 seconds budget, counting them in seconds would skew the mix toward the short buckets (their steps are
 quicker, so the short-first part of each cycle gets more steps: six equal buckets to 8,192, the
-shortest's tokens 2.9x cheaper, the longest's share falls from 17% to 11%, tests/test_buckets.py). So there the cycles are counted in tokens (`token_fraction`) against the
-tokens the seconds are expected to hold at the cycle's tokens/s (`cycle_tokens_per_s`, from each
-bucket's measured tokens/s), corrected by how much slower the steps so far ran than the measurement
-said (the optimizer step, data, a busy machine).
+shortest's tokens 2.9x cheaper, the longest's share falls from 17% to 11%, tests/test_buckets.py). So
+there the cycles are counted in tokens (`token_fraction`) against the tokens the seconds are expected to
+hold at the cycle's tokens/s (`cycle_tokens_per_s`, from each bucket's measured tokens/s), corrected by
+how much slower the steps so far ran than the measurement said (the optimizer step, data, a busy
+machine).
 """
 
 import math

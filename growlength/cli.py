@@ -113,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--data", help="prepared folder whose tokenizer to include (default: the run's)")
     exp.set_defaults(run=_export)
 
+    scale = commands.add_parser("scale", help="the scale ladder: benches at many sizes and budgets, in one view")
+    scale.add_argument("benches", nargs="+", help="bench folders (each with its bench.json)")
+    scale.add_argument("--out", required=True, help="folder to write scale.json and scale.png to")
+    scale.set_defaults(run=_scale)
+
     plot = commands.add_parser("plot", help="val loss against time and tokens, one line per run")
     plot.add_argument("runs", nargs="+", help="run folders")
     plot.add_argument("--out", help="PNG to write (default: FIRST_RUN/loss.png)")
@@ -283,6 +288,30 @@ def _print_eval(report: dict) -> None:
 def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def _scale(args) -> int:
+    from growlength.plots import plot_scale
+    from growlength.report import format_scale, scale_rows
+
+    reports = []
+    for folder in args.benches:
+        path = Path(folder) / "bench.json"
+        if not path.is_file():
+            raise GrowLengthError(f"{folder} holds no bench.json: run the bench there first (it resumes)")
+        reports.append(json.loads(path.read_text()))
+    missing = [f for f, r in zip(args.benches, reports, strict=True) if "params" not in r]
+    if missing:
+        raise GrowLengthError(
+            f"{', '.join(missing)}: bench.json without params; rerun the bench there to rewrite it"
+        )
+    rows = scale_rows(reports)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scale.json").write_text(json.dumps({"benches": args.benches, "rows": rows}, indent=2) + "\n")
+    print(format_scale(rows))
+    print(f"wrote {out / 'scale.json'} and {plot_scale(rows, out / 'scale.png')}")
+    return 0
 
 
 def _plot(args) -> int:

@@ -281,3 +281,12 @@ def compile_stats() -> tuple[int, float]:
 
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def params_of(model_cfg) -> int:
+    """The parameters of the model a config builds, counted without building it (on the meta device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return count_params(AutoModelForCausalLM.from_config(model_cfg))

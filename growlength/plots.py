@@ -212,3 +212,38 @@ def _model_name(checkpoint: str) -> str:
     path = Path(checkpoint)
     run = path.parent.parent if path.parent.name == "checkpoints" else path
     return f"{run.parent.name}/{run.name}" if run.name.startswith("repeat") else run.name
+
+
+def plot_scale(rows: list[dict], out: str | Path) -> Path:
+    """The scale ladder (report.scale_rows): speedup at equal time against tokens per parameter, one
+    colour per recipe, one line style per model size (the baseline is 1x); beside it, the final loss
+    gap to the baseline. A point that never reached the baseline's loss is drawn at the bottom."""
+    plt = _pyplot()
+    fig, (speed_ax, gap_ax) = plt.subplots(1, 2, figsize=(13, 4.8))
+    recipes = sorted({row["recipe"] for row in rows}, key=lambda r: (r != "growlength", r))
+    models = sorted({(row["params"], row["model"]) for row in rows})
+    styles = ["o-", "s--", "^:", "D-."]
+    for i, recipe in enumerate(recipes):
+        for j, (_, model) in enumerate(models):
+            mine = [row for row in rows if row["recipe"] == recipe and row["model"] == model]
+            if not mine:
+                continue
+            label = f"{recipe}, {model}" if len(models) > 1 else recipe
+            xs = [row["tokens_per_param"] for row in mine]
+            speed_ax.plot(xs, [row["speedup"] or 0.5 for row in mine], styles[j % 4], color=f"C{i}", label=label)
+            for row in mine:  # each seed's speedup, small
+                seeds = [s for s in row["speedup_each"] if s]
+                speed_ax.plot([row["tokens_per_param"]] * len(seeds), seeds, ".", ms=3, color=f"C{i}", alpha=0.6)
+            gap_ax.plot(xs, [row["final_gap"] for row in mine], styles[j % 4], color=f"C{i}", label=label)
+    speed_ax.axhline(1.0, color="grey", lw=0.8)
+    gap_ax.axhline(0.0, color="grey", lw=0.8)
+    for ax in (speed_ax, gap_ax):
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens per parameter (the baseline's, at equal time)")
+        ax.grid(alpha=0.3, which="both")
+    speed_ax.set_yscale("log", base=2)
+    speed_ax.set_ylabel("speedup to the baseline's final loss (x)")
+    gap_ax.set_ylabel("final val loss minus the baseline's")
+    speed_ax.legend(fontsize=7)
+    fig.suptitle("does the lead hold as the run grows? equal time against the tuned fixed-length baseline")
+    return _save(fig, out)

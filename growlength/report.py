@@ -330,3 +330,76 @@ def _ratio_text(mean: float | None, each: list) -> str:
     highs = [e["high"] for e in each]
     high = "inf" if None in highs else f"{max(highs):.2f}"
     return f"{mean:.2f}x [{low:.2f}-{high}]"
+
+
+TUNING_KEYS = ("lr", "tokens_per_step")  # a run named growlength+lr=0.004 is the recipe growlength, tuned
+
+
+def recipe_of(run: str) -> str:
+    """A bench run's recipe, without the tuning its name carries: 'growlength+lr=0.004' -> 'growlength';
+    other variants keep their keys ('growlength+rope_theta=100000+lr=0.004' -> 'growlength+rope_theta=100000')."""
+    name, *items = run.split("+")
+    kept = [item for item in items if item.partition("=")[0] not in TUNING_KEYS]
+    return "+".join([name, *kept])
+
+
+def scale_rows(reports: list[dict]) -> list[dict]:
+    """One row per bench and recipe, for the scale ladder: the model's size, tokens per parameter (the
+    baseline's tokens over the parameters), and what the recipe gains there at equal time: speedup
+    with its seeds and bracket, its split into learning and cheaper tokens, the final loss gap to the
+    baseline and its tokens. Rows sorted by model size, then tokens per parameter."""
+    rows = []
+    for report in reports:
+        runs = report["runs"]
+        base_name = next(n for n in runs if recipe_of(n) == report["baseline"])
+        base = runs[base_name]
+        for name, r in runs.items():
+            if "crash" in r:
+                continue
+            rows.append(
+                {
+                    "model": report["model"],
+                    "params": report["params"],
+                    "budget_s": report["budget"]["seconds"],
+                    "tokens_per_param": base["tokens"] / report["params"],
+                    "recipe": recipe_of(name),
+                    "run": name,
+                    "setting": r["setting"],
+                    "speedup": r["speedup"],
+                    "speedup_each": [s and s["at"] for s in r["speedup_each"]],
+                    "speedup_low": min((s["low"] for s in r["speedup_each"] if s), default=None),
+                    "learning": r["token_gain"],
+                    "cheaper_tokens": r.get("cheaper_tokens"),
+                    "final_gap": r["final_val_loss"] - base["final_val_loss"],
+                    "final_val_loss_each": r["final_val_loss_each"],
+                    "tokens": r["tokens"],
+                    "ceiling": (report.get("ceiling") or {}).get("speedup"),
+                }
+            )
+    return sorted(rows, key=lambda row: (row["params"], row["tokens_per_param"], row["recipe"]))
+
+
+def format_scale(rows: list[dict]) -> str:
+    """The scale ladder as a Markdown table, one row per size, budget and recipe."""
+    lines = [
+        "| model (params) | budget | tokens/param | recipe | speedup (seeds) | = learning | x cheaper tokens "
+        "| final loss vs baseline | tokens |",
+        "|---" * 9 + "|",
+    ]
+    for row in rows:
+        seeds = ", ".join("—" if s is None else f"{s:.2f}" for s in row["speedup_each"])
+        speed = f"{row['speedup']:.2f}x ({seeds})" if row["speedup"] else f"not reached ({seeds})"
+        size = f"{row['model']} ({row['params'] / 1e6:.2f}M)"
+        cells = [
+            size,
+            f"{row['budget_s']:g} s",
+            f"{row['tokens_per_param']:.1f}",
+            row["recipe"],
+            speed,
+            _factor(row["learning"]),
+            _factor(row["cheaper_tokens"]),
+            f"{row['final_gap']:+.4f}",
+            f"{row['tokens']:,.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -124,6 +124,23 @@ def test_tiny_arena_sweeps_then_compares_best_against_best_at_equal_time(corpus,
         assert mean == pytest.approx(run["val_loss_by_len"]["512"], abs=1e-5)
     sweep = format_sweep(report)
     assert sweep.startswith("| run | lr=0.002 | lr=0.006 |") and sweep.count("**") == 2 * len(runs)
+    # the model's size: the parameters of the model the runs trained; and the ladder's view of this bench
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from growlength.checkpoint import list_checkpoints
+    from growlength.cli import main
+    from growlength.models import count_params
+
+    trained = AutoModelForCausalLM.from_config(
+        AutoConfig.from_pretrained(list_checkpoints(out / "growlength" / "seed1")[-1])
+    )
+    assert report["params"] == count_params(trained)
+    assert main(["scale", str(out), "--out", str(tmp_path / "scale")]) == 0
+    rows = json.loads((tmp_path / "scale" / "scale.json").read_text())["rows"]
+    assert [r["recipe"] for r in rows] == sorted(runs) and (tmp_path / "scale" / "scale.png").read_bytes()[
+        :4
+    ] == b"\x89PNG"
+    assert rows[0]["tokens_per_param"] == pytest.approx(runs["fixed-target"]["tokens"] / report["params"])
 
 
 def _check_the_time_budget_rule(run_dir, budget: float) -> None:

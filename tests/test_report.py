@@ -156,3 +156,41 @@ def test_jumps_table_averages_each_change_over_the_seeds():
     assert table.splitlines()[0] == "| run (loss jump at the change to) | 128 | 256 | sum |"
     assert table.splitlines()[2] == "| growlength | +0.300 | +0.000 | +0.300 |"
     assert len(table.splitlines()) == 3  # the baseline changes no length: no row
+
+
+def test_a_runs_recipe_drops_only_its_tuning():
+    from growlength.report import recipe_of
+
+    assert recipe_of("growlength+lr=0.004") == "growlength"
+    assert recipe_of("fixed-target+lr=0.002+tokens_per_step=8192") == "fixed-target"
+    assert recipe_of("growlength+rope_theta=100000+lr=0.004") == "growlength+rope_theta=100000"
+
+
+def test_scale_rows_put_each_bench_at_its_tokens_per_parameter():
+    from growlength.report import format_scale, scale_rows
+
+    def bench_report(params, seconds, reps, name="growlength+lr=0.008"):
+        runs = {
+            "fixed-target+lr=0.004": {"setting": {}, **versus(BASE, BASE)},
+            name: {"setting": {}, **versus(BASE, reps)},
+        }
+        return {
+            "model": "tiny",
+            "params": params,
+            "budget": {"seconds": seconds},
+            "baseline": "fixed-target",
+            "runs": runs,
+        }
+
+    fast = [run([0, 5, 10, 20], [6.0, 4.5, 3.5, 3.0])] * 2
+    rows = scale_rows([bench_report(2000, 240, fast), bench_report(4000, 60, BASE)])
+    assert [(r["params"], r["recipe"]) for r in rows] == [
+        (2000, "fixed-target"),
+        (2000, "growlength"),
+        (4000, "fixed-target"),
+        (4000, "growlength"),
+    ]
+    assert rows[0]["tokens_per_param"] == pytest.approx(20_000 / 2000)  # the baseline's tokens over the parameters
+    assert rows[1]["speedup"] == pytest.approx(versus(BASE, fast)["speedup"]) and rows[1]["final_gap"] < 0
+    table = format_scale(rows).splitlines()
+    assert len(table) == 2 + 4 and "| tiny (0.00M) | 240 s | 10.0 | growlength | 2.87x (2.67, 3.08) |" in table[3]
