@@ -86,7 +86,9 @@ class TrainConfig:
         None, "auto: plan from this saved `growlength profile --out` JSON instead of measuring at the start"
     )
     stages: str | None = option(
-        None, "explicit stages LENGTH:SHARE,... e.g. 128:0.25,256:0.25,1024:0.5 (or 1/3 shares)"
+        None,
+        "explicit stages LENGTH:SHARE[:TOKENS_PER_STEP[:LR_MULTIPLIER]],... e.g. 128:0.25,256:0.25,1024:0.5 "
+        "(or 1/3 shares); a stage's own tokens per step grows the batch with the length",
     )
     start_len: int | None = option(
         None, "first training length (doubling, auto, linear, root); default target_len / 64 (a power of 2, 8..32)"

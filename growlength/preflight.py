@@ -14,7 +14,7 @@ import torch
 
 from growlength import dist
 from growlength.buckets import bucket_starts
-from growlength.budget import Budget, StepShape, check_lengths
+from growlength.budget import Budget, StepShape, check_lengths, step_shape
 from growlength.config import TrainConfig, load_config
 from growlength.errors import GrowLengthError
 from growlength.models import (
@@ -69,17 +69,30 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Preflig
         )
     check_fits(model_cfg, cfg.target_len)
     rope_at = _position_policy(cfg, model_cfg)
-    shapes = check_lengths(
-        schedule.all_lengths(),
-        tokens_per_step=cfg.tokens_per_step,
+    shapes = _step_shapes(cfg, schedule, world_size)
+    _check_corpus(data, max(shapes, key=lambda s: (s.consumed, s.seq_len)), cfg.target_len)
+    model_cfg.rope_parameters = rope_at(schedule.all_lengths()[0])
+    return Preflight(data, schedule, budget, model_cfg, shapes, buckets, rope_at)
+
+
+def _step_shapes(cfg: TrainConfig, schedule: LengthSchedule, world_size: int) -> list[StepShape]:
+    """The step shape at every length the schedule can give; stages may set their own tokens per step."""
+    shape = dict(
         target_len=cfg.target_len,
         micro_batch_tokens=cfg.micro_batch_tokens,
         world_size=world_size,
         batch_policy=cfg.batch_policy,
     )
-    _check_corpus(data, max(shapes, key=lambda s: (s.consumed, s.seq_len)), cfg.target_len)
-    model_cfg.rope_parameters = rope_at(schedule.all_lengths()[0])
-    return Preflight(data, schedule, budget, model_cfg, shapes, buckets, rope_at)
+    if not schedule.stage_tokens:
+        return check_lengths(schedule.all_lengths(), tokens_per_step=cfg.tokens_per_step, **shape)
+    shapes = []
+    for seq_len in schedule.lengths:
+        tokens = schedule.tokens_per_step(seq_len, cfg.tokens_per_step)
+        try:
+            shapes.append(step_shape(seq_len, tokens_per_step=tokens, **shape))
+        except GrowLengthError as e:
+            raise GrowLengthError(f"stage {seq_len}: {e}") from None
+    return shapes
 
 
 def _model_config(cfg: TrainConfig, data: TokenData):

@@ -8,6 +8,7 @@ Worked example, doubling from 128 to 1024 over a 4e8-token budget (four equal st
     fraction 0.00-0.25 -> 128, 0.25-0.50 -> 256, 0.50-0.75 -> 512, 0.75-1.00 -> 1024
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -44,6 +45,18 @@ class LengthSchedule:
     total_steps: int | None = None
     shares: tuple[float, ...] = ()
     seed: int = 0
+    stage_tokens: tuple[int, ...] = ()  # `stages` only: each stage's tokens per step (0: the run's)
+    stage_lr: tuple[float, ...] = ()  # `stages` only: each stage's LR multiplier
+
+    def tokens_per_step(self, seq_len: int, default: int) -> int:
+        """The tokens of a step at seq_len: its stage's where the stages give them, else `default`."""
+        if not self.stage_tokens:
+            return default
+        return self.stage_tokens[self.lengths.index(seq_len)] or default
+
+    def lr_scale(self, seq_len: int) -> float:
+        """The LR multiplier of the stage at seq_len (1 where the stages give none)."""
+        return self.stage_lr[self.lengths.index(seq_len)] if self.stage_lr else 1.0
 
     @property
     def is_ramp(self) -> bool:
@@ -145,18 +158,37 @@ def dd_lengths(start_len: int, target_len: int) -> tuple[int, ...]:
 
 def parse_stages(text: str) -> tuple[tuple[int, ...], tuple[Fraction, ...]]:
     """'128:0.25,256:0.25,1024:0.5' -> lengths (128, 256, 1024) and exact shares (1/4, 1/4, 1/2)."""
-    lengths, shares = [], []
+    table = parse_stage_table(text)
+    return tuple(row[0] for row in table), tuple(row[1] for row in table)
+
+
+def parse_stage_table(text: str) -> list[tuple[int, Fraction, int, float]]:
+    """Stages as LENGTH:SHARE[:TOKENS_PER_STEP[:LR_MULTIPLIER]], comma-separated: each stage's length,
+    its exact share of the budget, its tokens per step (0: the run's tokens_per_step) and its LR
+    multiplier (1: the schedule's LR). Growing the batch with the length, as the NanoGPT speedrun does:
+
+    >>> parse_stage_table("1024:0.5:65536,2048:0.5:131072:1.5")
+    [(1024, Fraction(1, 2), 65536, 1.0), (2048, Fraction(1, 2), 131072, 1.5)]
+    """
+    table = []
     for item in text.split(","):
+        parts = [part.strip() for part in item.split(":")]
         try:
-            seq_len, share = item.split(":")
-            lengths.append(int(seq_len))
-            shares.append(Fraction(share.strip()))
+            if not 2 <= len(parts) <= 4:
+                raise ValueError
+            tokens = int(parts[2]) if len(parts) > 2 else 0
+            lr_mult = float(parts[3]) if len(parts) > 3 else 1.0
+            table.append((int(parts[0]), Fraction(parts[1]), tokens, lr_mult))
         except ValueError:
             raise GrowLengthError(
-                f"cannot read stage {item.strip()!r} in {text!r}: write LENGTH:SHARE,... "
-                "e.g. 128:0.25,256:0.25,1024:0.5"
+                f"cannot read stage {item.strip()!r} in {text!r}: write LENGTH:SHARE[:TOKENS_PER_STEP[:LR]],... "
+                "e.g. 128:0.25,256:0.25,1024:0.5 or 1024:0.5:65536,2048:0.5:131072:1.4"
             ) from None
-    return tuple(lengths), tuple(shares)
+        if tokens < 0 or not lr_mult > 0:
+            raise GrowLengthError(
+                f"stage {item.strip()!r}: tokens per step must be at least 0 and the LR multiplier positive"
+            )
+    return table
 
 
 def plan_stages(tokens_per_s: dict[int, float], *, unit: str, power: float = 1.0) -> str:
@@ -216,8 +248,13 @@ def make_schedule(
     if kind == "stages":
         if not stages:
             raise GrowLengthError("schedule 'stages' needs stages, e.g. --stages 128:0.25,256:0.25,1024:0.5")
-        lengths, shares = parse_stages(stages)
-        return _stepped("stages", lengths, shares)
+        table = parse_stage_table(stages)
+        schedule = _stepped("stages", tuple(row[0] for row in table), tuple(row[1] for row in table))
+        if any(row[2] or row[3] != 1.0 for row in table):
+            schedule = dataclasses.replace(
+                schedule, stage_tokens=tuple(row[2] for row in table), stage_lr=tuple(row[3] for row in table)
+            )
+        return schedule
     _check_lengths((start_len, target_len), allow_equal=True)
     if kind == "constant":
         return _stepped("constant", (target_len,), (1.0,))

@@ -253,7 +253,7 @@ def train_step(run: Run, shape: StepShape, started: float, ahead: bool = True) -
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
     after = _progress_after_step(run, shape, started)
     fraction = run.budget.fraction(**after)
-    lr = set_lr(run, fraction)
+    lr = set_lr(run, fraction, shape.seq_len)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if ahead and fraction < 1.0:
@@ -394,8 +394,11 @@ def worth_a_step(run: Run, shape: StepShape) -> bool:
     return p.seconds + estimate / 2 <= run.budget.seconds
 
 
-def set_lr(run: Run, fraction: float) -> float:
+def set_lr(run: Run, fraction: float, seq_len: int) -> float:
+    """The LR schedule at `fraction` (warmup, cosine), times the multiplier of the stage at seq_len
+    (the length the step trained at) where the stages give one."""
     lr = lr_at(fraction, lr=run.cfg.lr, warmup=run.cfg.warmup, min_lr_ratio=run.cfg.min_lr_ratio)
+    lr *= run.schedule.lr_scale(seq_len)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     return lr

@@ -138,17 +138,20 @@ def test_killed_while_writing_a_checkpoint(corpus, finished, tmp_path):
     assert not (out / "checkpoints" / ".tmp-step_00000008").exists()
 
 
-@pytest.mark.parametrize("policy", ["tokens", "windows"])
+@pytest.mark.parametrize("policy", ["tokens", "windows", "grow-both"])
 def test_checkpoint_every_steps_apart_from_the_evals_resumes_exactly(corpus, tmp_path, policy):
     """--checkpoint-every 5 over 12 steps with evaluations at 6 and 12: checkpoints at 5, 10 and the
     end, none at the eval of step 6; the run cut back to step 5 continues with the same losses (also
-    for SkyLadder's windows, whose steps have a second part of each sample's remainder)."""
+    for SkyLadder's windows, whose steps have a second part of each sample's remainder, and for stages
+    that grow the batch and scale the LR with the length)."""
     import shutil
 
-    shape = dict(schedule="linear", start_len=40, ramp=0.8) if policy == "windows" else {}
-    cfg = tiny_config(
-        corpus, budget_steps=12, evals=2, eval_tokens=1024, checkpoint_every=5, batch_policy=policy, **shape
-    )
+    shape = {
+        "tokens": {},
+        "windows": dict(schedule="linear", start_len=40, ramp=0.8, batch_policy="windows"),
+        "grow-both": dict(schedule="stages", stages="64:0.3,128:0.3:4096,256:0.4:8192:1.5"),
+    }[policy]
+    cfg = tiny_config(corpus, budget_steps=12, evals=2, eval_tokens=1024, checkpoint_every=5, **shape)
     whole = tmp_path / "whole"
     train(cfg, whole, show_progress=False)
     assert [p.name for p in list_checkpoints(whole)] == ["step_00000005", "step_00000010", "step_00000012"]

@@ -194,3 +194,21 @@ def test_auto_plans_time_shares_from_how_much_cheaper_each_length_is():
     assert plan_stages({1024: 7.0}, unit="tokens") == "1024:1.0000"
     with pytest.raises(GrowLengthError, match="positive tokens/s"):
         plan_stages({128: 0.0, 256: 1.0}, unit="seconds")
+
+
+def test_stages_may_grow_the_batch_and_scale_the_lr_with_the_length():
+    schedule = make_schedule(
+        "stages", start_len=0, target_len=256, stages="64:0.25,128:0.25:4096,256:0.5:8192:1.5"
+    )
+    assert [schedule.tokens_per_step(n, 2048) for n in (64, 128, 256)] == [2048, 4096, 8192]
+    assert [schedule.lr_scale(n) for n in (64, 128, 256)] == [1.0, 1.0, 1.5]
+    plain = make_schedule("stages", start_len=0, target_len=256, stages="64:0.5,256:0.5")
+    assert plain.tokens_per_step(64, 2048) == 2048 and plain.lr_scale(256) == 1.0 and not plain.stage_tokens
+
+
+@pytest.mark.parametrize(
+    "stages", ["64:0.5:x,256:0.5", "64:0.5:1:2:3,256:0.5", "64:0.5:-8,256:0.5", "64:0.5:0:0,256:0.5"]
+)
+def test_bad_stage_batches_fail_with_the_syntax(stages):
+    with pytest.raises(GrowLengthError, match="stage"):
+        make_schedule("stages", start_len=0, target_len=256, stages=stages)

@@ -9,6 +9,7 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from growlength.checkpoint import list_checkpoints
+from growlength.errors import GrowLengthError
 from growlength.schedule import lr_at
 from growlength.train import train
 
@@ -168,6 +169,35 @@ def test_skyladder_windows_train_every_token_of_each_sample_at_one_mean(corpus, 
 def _rewound(loader, state):
     loader.load_state_dict(state)
     return loader
+
+
+def test_stages_grow_the_batch_with_the_length_and_scale_the_lr(corpus, tmp_path):
+    """Grow both: a token budget of 3 stages, the batch doubling with the length and the LR scaled in
+    the last; every step holds its stage's tokens and its LR is the schedule's times the multiplier."""
+    from growlength.schedule import lr_at
+
+    stages = "64:0.25,128:0.25:4096,256:0.5:8192:1.5"
+    cfg = tiny_config(corpus, schedule="stages", stages=stages, budget_steps=None, budget_tokens=65536, evals=1)
+    train(cfg, tmp_path / "both", show_progress=False)
+    steps, _ = records(tmp_path / "both")
+    per_step = [b["tokens"] - a["tokens"] for a, b in zip([{"tokens": 0}, *steps], steps)]
+    assert {(r["seq_len"], n) for r, n in zip(steps, per_step, strict=True)} == {
+        (64, 2048),
+        (128, 4096),
+        (256, 8192),
+    }
+    assert (
+        steps[-1]["tokens"] == 65536 and [r["seq_len"] for r in steps].count(256) == 4
+    )  # half the tokens, 8192 each
+    for r in steps:
+        expected = lr_at(r["tokens"] / 65536, lr=cfg.lr, warmup=cfg.warmup, min_lr_ratio=cfg.min_lr_ratio)
+        assert r["lr"] == pytest.approx(expected * (1.5 if r["seq_len"] == 256 else 1.0))
+    with pytest.raises(GrowLengthError, match="stage 128: tokens_per_step 4000 is not divisible"):
+        train(
+            tiny_config(corpus, schedule="stages", stages="64:0.5,128:0.5:4000"),
+            tmp_path / "bad",
+            show_progress=False,
+        )
 
 
 def test_short_fixed_run_is_evaluated_at_the_target(corpus, tmp_path):
