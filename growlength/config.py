@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from growlength.adaptive import check_bounds
 from growlength.budget import check_batch_policy
 from growlength.errors import GrowLengthError
 from growlength.files import write_atomically
@@ -77,7 +78,13 @@ class TrainConfig:
         "doubling",
         "length schedule: doubling | auto (doubling, shares planned from measured speed) | linear | root "
         "| constant | stages | deepspeed | composer (the peers' own) | dd (Dataset Decomposition: power-of-two "
-        "document chunks, one bucket per step)",
+        "document chunks, one bucket per step) | adaptive (doubling, each change when the length stops paying)",
+    )
+    adaptive_floor: float = option(
+        0.5, "adaptive: the least share of the budget a length takes, as a multiple of the equal share 1/n"
+    )
+    adaptive_ceiling: float = option(
+        2.0, "adaptive: the most share of the budget a length takes, as a multiple of the equal share 1/n"
     )
     auto_power: float = option(
         1.0, "auto: each length's share of the time goes as (its tokens/s over the target's) ** this; 0 = equal"
@@ -198,6 +205,7 @@ class TrainConfig:
         if self.schedule == "stages":  # lengths that grow, shares that sum to 1
             make_schedule("stages", start_len=self.start_len, target_len=self.target_len, stages=self.stages)
         check_batch_policy(self.batch_policy)
+        check_bounds(self.adaptive_floor, self.adaptive_ceiling)
         tracker_names(self.log_to)
         parse_rope_theta(self.rope_theta)
         if parse_rope_scaling(self.rope_scaling) == ("yarn", None) and not self.init_from:

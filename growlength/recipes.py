@@ -138,6 +138,9 @@ RECIPES = {
     # GrowLength planned from this machine's measured speed (schedule.plan_stages): doubling lengths,
     # time shares growing with how much cheaper each length's tokens are; measuring is setup, not training time
     "growlength-auto": {"schedule": "auto", "start_len": "{start_len}"},
+    # GrowLength whose changes of length the run itself decides (adaptive.py): doubling lengths, each
+    # stage ended when its loss stops falling fast enough for what the next length's tokens cost
+    "growlength-adaptive": {"schedule": "adaptive", "start_len": "{start_len}"},
     # GrowLength with rows held constant: short steps hold fewer tokens (the other reading of the paper)
     "growlength-rows": {"schedule": "doubling", "start_len": "{start_len}", "batch_policy": "rows"},
     # Composer SeqLengthWarmup defaults: a staircase 8 -> target in steps of 8 over the first 30% of the

@@ -17,7 +17,7 @@ from growlength.buckets import dd_seq_len
 from growlength.errors import GrowLengthError
 from growlength.recipes import composer_seq_len, composer_seq_len_at, deepspeed_seq_len
 
-SCHEDULES = ("doubling", "linear", "root", "constant", "stages", "deepspeed", "composer", "dd", "auto")
+SCHEDULES = ("doubling", "linear", "root", "constant", "stages", "deepspeed", "composer", "dd", "auto", "adaptive")
 RAMPS = ("linear", "root", "deepspeed", "composer")  # grow in steps of `multiple` rather than in stages
 
 
@@ -65,7 +65,7 @@ class LengthSchedule:
     @property
     def has_stages(self) -> bool:
         """Grows through a few lengths, once each (a change of length is an event worth logging)."""
-        return self.kind in ("doubling", "stages", "constant")
+        return self.kind in ("doubling", "stages", "constant", "adaptive")
 
     def seq_len_at(self, fraction: float, step: int = 0) -> int:
         """The length at `fraction` (the `step` about to be taken matters only to `dd`'s draw)."""
@@ -242,9 +242,9 @@ def make_schedule(
         if len(dd_shares) != len(lengths):
             raise GrowLengthError(f"schedule dd needs the share of the data in each of its {len(lengths)} buckets")
         return LengthSchedule(kind="dd", lengths=lengths, shares=tuple(dd_shares), seed=seed)
-    if kind == "auto":  # the candidates, equal shares, until planned from measured speed (planned_schedule)
+    if kind in ("auto", "adaptive"):  # the candidates, equal shares until planned (auto) or decided (adaptive)
         lengths = doubling_lengths(start_len, target_len)
-        return _stepped("auto", lengths, (Fraction(1, len(lengths)),) * len(lengths))
+        return _stepped(kind, lengths, (Fraction(1, len(lengths)),) * len(lengths))
     if kind == "stages":
         if not stages:
             raise GrowLengthError("schedule 'stages' needs stages, e.g. --stages 128:0.25,256:0.25,1024:0.5")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from growlength import dist
+from growlength.adaptive import StageWatch
 from growlength.buckets import BucketLoader
 from growlength.budget import Budget, StepShape
 from growlength.config import TrainConfig
@@ -35,6 +36,7 @@ class Progress:
     last_compile_s: float = 0.0  # of which in the last step
     planned_tokens_per_s: dict[str, float] = field(default_factory=dict)  # what auto (or dd's cycles) planned from
     planned_seconds: float = 0.0  # dd under seconds: what planned_tokens_per_s gave the steps taken
+    watch: StageWatch | None = None  # --schedule adaptive: the history its decisions are taken from
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
             print(
                 f"loss spike at the change to seq_len {shape.seq_len}: {record['loss_jump']:+.3f}", file=sys.stderr
             )
+    watch = p.watch
+    if watch is not None and watch.decisions and watch.decisions[-1].get("step") == p.step:
+        record["stage_decision"] = watch.decisions[-1]["reason"]  # the next step trains at the next length
     run.trackers.write(record)
     return record
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from growlength import dist
+from growlength.adaptive import StageWatch, decide, observe
+from growlength.adaptive import advance as stage_advance
 from growlength.buckets import BucketLoader, cycle_tokens_per_s, token_fraction
 from growlength.budget import StepShape
 from growlength.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -83,6 +85,8 @@ def _loop(run: Run, show_progress: bool) -> dict:
         loss, lr = train_step(run, shape, started)
         step_s = dist.broadcast_float(time.perf_counter() - started)
         advance(run, shape, step_s, loss)
+        if p.watch is not None:
+            adapt(run, loss)
         record = log_step(run, shape, loss, lr, step_s)
         update_bar(bar, run, record)
         if eval_count(run) > p.evals:
@@ -145,6 +149,10 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         )
     if cfg.schedule == "auto":
         run.schedule = auto_schedule(run)
+    if cfg.schedule == "adaptive" and run.progress.watch is None:
+        run.progress.watch = StageWatch()
+    if cfg.schedule == "adaptive":
+        planned_tokens_per_s(run, run.schedule.lengths)  # each length's tokens/s, for the rule's speed ratio
     if cfg.schedule == "dd" and run.budget.seconds is not None:
         run.length_fraction = dd_length_fraction(run)
     if cfg.compile:  # what compiling costs from here on is the steps' (measuring for auto compiles too)
@@ -214,9 +222,33 @@ def planned_tokens_per_s(run: Run, lengths: list[int]) -> dict[int, float]:
     return {int(n): v for n, v in p.planned_tokens_per_s.items()}
 
 
+def adapt(run: Run, loss: float) -> None:
+    """--schedule adaptive, after each step: add the step's loss to the history and end the stage if the
+    rule says so (adaptive.decide; rank 0's decision broadcast, though every rank has the same history),
+    logging why."""
+    p, watch, lengths = run.progress, run.progress.watch, run.schedule.lengths
+    fraction = run.budget.fraction(step=p.step, tokens=p.tokens, seconds=p.seconds)
+    floor, ceiling = run.cfg.adaptive_floor, run.cfg.adaptive_ceiling
+    observe(watch, fraction, p.seconds, loss, window=floor / len(lengths) / 2)
+    reason = None
+    if watch.stage + 1 < len(lengths):
+        speeds = p.planned_tokens_per_s
+        ratio = speeds[str(lengths[watch.stage + 1])] / speeds[str(lengths[watch.stage])]
+        reason = decide(watch, fraction, n_stages=len(lengths), speed_ratio=ratio, floor=floor, ceiling=ceiling)
+    reason = dist.broadcast_json(reason)
+    if reason is not None:
+        decision = stage_advance(watch, fraction, reason, lengths)
+        decision["step"] = p.step
+        if run.world.is_main:
+            print(f"adaptive: step {p.step}: {decision['from']} -> {decision['to']}, {reason}", file=sys.stderr)
+
+
 def scheduled_len(run: Run, *, step: int, tokens: int, seconds: float) -> int:
     """The length of the step after `step` steps, `tokens` tokens and `seconds` of training: the
-    schedule at the fraction of its budget done (`step` seeds dd's draw)."""
+    schedule at the fraction of its budget done (`step` seeds dd's draw); for adaptive, the stage its
+    decisions have reached."""
+    if run.progress.watch is not None:
+        return run.schedule.lengths[run.progress.watch.stage]
     fraction = (run.length_fraction or run.budget.fraction)(step=step, tokens=tokens, seconds=seconds)
     return run.schedule.seq_len_at(fraction, step)
 
@@ -528,6 +560,8 @@ def _restore(run: Run) -> None:
     state = load_checkpoint(Path(found) if run.world.is_main else None, run.model, run.optimizer)
     run.loader.load_state_dict(state["loader"])
     run.progress, run.last_eval = Progress(**state["progress"]), state["last_eval"]
+    if isinstance(run.progress.watch, dict):
+        run.progress.watch = StageWatch.from_dict(run.progress.watch)
     run.checkpointed_step = run.progress.step
     if run.world.is_main:
         print(f"resuming from {found} (step {run.progress.step}, {run.progress.tokens:,} tokens)")
