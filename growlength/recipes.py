@@ -141,6 +141,9 @@ RECIPES = {
     # GrowLength whose changes of length the run itself decides (adaptive.py): doubling lengths, each
     # stage ended when its loss stops falling fast enough for what the next length's tokens cost
     "growlength-adaptive": {"schedule": "adaptive", "start_len": "{start_len}"},
+    # GrowLength growing the batch with the length, as the NanoGPT speedrun's three stages grow it
+    # (1x, 2x, 3x the tokens per step, the LR by the square root of that): grow_both_stages
+    "growlength-batch": {"schedule": "stages", "stages": "{grow_both_stages}"},
     # GrowLength with rows held constant: short steps hold fewer tokens (the other reading of the paper)
     "growlength-rows": {"schedule": "doubling", "start_len": "{start_len}", "batch_policy": "rows"},
     # Composer SeqLengthWarmup defaults: a staircase 8 -> target in steps of 8 over the first 30% of the
@@ -169,11 +172,37 @@ RECIPES = {
 }
 
 
+def grow_both_stages(start_len: int, target_len: int) -> str:
+    """GrowLength's doubling lengths and equal shares, the tokens per step growing with the length in the
+    NanoGPT speedrun's proportions (its batches of 131k, 262k and 393k tokens over three stages): 1x
+    below a quarter of the target, 2x up to half of it, 3x at the target, the LR scaled by the square
+    root of the batch's growth (the speedrun scales it by 0.5-0.6 powers).
+
+    >>> grow_both_stages(128, 1024)
+    '128:1/4,256:1/4:x2:1.4142,512:1/4:x2:1.4142,1024:1/4:x3:1.7321'
+    """
+    lengths = [start_len]
+    while lengths[-1] * 2 < target_len:
+        lengths.append(lengths[-1] * 2)
+    lengths = [n for n in lengths if n < target_len] + [target_len]  # the doubling grid (schedule.py's)
+    stages = []
+    for n in lengths:
+        times = 3 if n == target_len else 2 if 4 * n >= target_len else 1
+        batch = f":x{times}:{times**0.5:.4f}" if times > 1 else ""
+        stages.append(f"{n}:1/{len(lengths)}{batch}")
+    return ",".join(stages)
+
+
 def recipe(name: str, *, short_len: int, start_len: int, target_len: int = 1024) -> dict:
     """Train-config values of a named recipe."""
     if name not in RECIPES:
         raise GrowLengthError(f"unknown bench run {name!r}: choose from {', '.join(RECIPES)}")
-    fill = {"short_len": short_len, "start_len": start_len, "dd_start_len": max(2, target_len // 32)}
+    fill = {
+        "short_len": short_len,
+        "start_len": start_len,
+        "dd_start_len": max(2, target_len // 32),
+        "grow_both_stages": grow_both_stages(start_len, target_len),
+    }
     return {k: _fill(v, fill) for k, v in RECIPES[name].items()}
 
 

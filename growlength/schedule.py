@@ -45,14 +45,15 @@ class LengthSchedule:
     total_steps: int | None = None
     shares: tuple[float, ...] = ()
     seed: int = 0
-    stage_tokens: tuple[int, ...] = ()  # `stages` only: each stage's tokens per step (0: the run's)
+    stage_tokens: tuple[str, ...] = ()  # `stages` only: each stage's tokens per step: N, xK (K x the run's),
     stage_lr: tuple[float, ...] = ()  # `stages` only: each stage's LR multiplier
 
     def tokens_per_step(self, seq_len: int, default: int) -> int:
         """The tokens of a step at seq_len: its stage's where the stages give them, else `default`."""
-        if not self.stage_tokens:
-            return default
-        return self.stage_tokens[self.lengths.index(seq_len)] or default
+        given = self.stage_tokens[self.lengths.index(seq_len)] if self.stage_tokens else ""
+        if given.startswith("x"):
+            return round(float(given[1:]) * default)
+        return int(given) if given else default
 
     def lr_scale(self, seq_len: int) -> float:
         """The LR multiplier of the stage at seq_len (1 where the stages give none)."""
@@ -162,13 +163,14 @@ def parse_stages(text: str) -> tuple[tuple[int, ...], tuple[Fraction, ...]]:
     return tuple(row[0] for row in table), tuple(row[1] for row in table)
 
 
-def parse_stage_table(text: str) -> list[tuple[int, Fraction, int, float]]:
+def parse_stage_table(text: str) -> list[tuple[int, Fraction, str, float]]:
     """Stages as LENGTH:SHARE[:TOKENS_PER_STEP[:LR_MULTIPLIER]], comma-separated: each stage's length,
-    its exact share of the budget, its tokens per step (0: the run's tokens_per_step) and its LR
-    multiplier (1: the schedule's LR). Growing the batch with the length, as the NanoGPT speedrun does:
+    its exact share of the budget, its tokens per step (N tokens, or xK: K times the run's
+    tokens_per_step; '' or 0: the run's) and its LR multiplier (1: the schedule's LR). Growing the
+    batch with the length, as the NanoGPT speedrun does:
 
-    >>> parse_stage_table("1024:0.5:65536,2048:0.5:131072:1.5")
-    [(1024, Fraction(1, 2), 65536, 1.0), (2048, Fraction(1, 2), 131072, 1.5)]
+    >>> parse_stage_table("1024:0.5:65536,2048:0.25:x3:1.7,4096:0.25")
+    [(1024, Fraction(1, 2), '65536', 1.0), (2048, Fraction(1, 4), 'x3', 1.7), (4096, Fraction(1, 4), '', 1.0)]
     """
     table = []
     for item in text.split(","):
@@ -176,15 +178,16 @@ def parse_stage_table(text: str) -> list[tuple[int, Fraction, int, float]]:
         try:
             if not 2 <= len(parts) <= 4:
                 raise ValueError
-            tokens = int(parts[2]) if len(parts) > 2 else 0
+            tokens = parts[2] if len(parts) > 2 and parts[2] not in ("", "0") else ""
+            size = float(tokens[1:]) if tokens.startswith("x") else int(tokens or 1)
             lr_mult = float(parts[3]) if len(parts) > 3 else 1.0
             table.append((int(parts[0]), Fraction(parts[1]), tokens, lr_mult))
         except ValueError:
             raise GrowLengthError(
-                f"cannot read stage {item.strip()!r} in {text!r}: write LENGTH:SHARE[:TOKENS_PER_STEP[:LR]],... "
-                "e.g. 128:0.25,256:0.25,1024:0.5 or 1024:0.5:65536,2048:0.5:131072:1.4"
+                f"cannot read stage {item.strip()!r} in {text!r}: write LENGTH:SHARE[:TOKENS|xK[:LR]],... "
+                "e.g. 128:0.25,256:0.25,1024:0.5 or 1024:0.5:65536,2048:0.5:x2:1.4"
             ) from None
-        if tokens < 0 or not lr_mult > 0:
+        if not size > 0 or not lr_mult > 0:
             raise GrowLengthError(
                 f"stage {item.strip()!r}: tokens per step must be at least 0 and the LR multiplier positive"
             )

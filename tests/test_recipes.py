@@ -200,3 +200,17 @@ def test_recipes_fill_the_bench_values():
     assert recipe("deepspeed-reshape", short_len=64, start_len=32)["batch_policy"] == "megatron"
     with pytest.raises(GrowLengthError, match="unknown bench run"):
         recipe("nope", short_len=128, start_len=128)
+
+
+@pytest.mark.parametrize(("start", "target"), [(32, 2048), (16, 1024), (8, 256), (32, 8192)])
+def test_grow_both_runs_growlengths_lengths_and_grows_the_batch_toward_the_target(start, target):
+    from growlength.recipes import grow_both_stages
+    from growlength.schedule import doubling_lengths
+
+    schedule = make_schedule("stages", start_len=start, target_len=target, stages=grow_both_stages(start, target))
+    assert schedule.lengths == doubling_lengths(start, target)
+    tokens = [schedule.tokens_per_step(n, 2048) for n in schedule.lengths]
+    assert tokens == sorted(tokens) and tokens[0] == 2048 and tokens[-1] == 3 * 2048
+    assert [schedule.lr_scale(n) for n in schedule.lengths] == pytest.approx(
+        [(t / 2048) ** 0.5 for t in tokens], abs=1e-4
+    )

@@ -207,7 +207,15 @@ def test_stages_may_grow_the_batch_and_scale_the_lr_with_the_length():
 
 
 @pytest.mark.parametrize(
-    "stages", ["64:0.5:x,256:0.5", "64:0.5:1:2:3,256:0.5", "64:0.5:-8,256:0.5", "64:0.5:0:0,256:0.5"]
+    "stages",
+    [
+        "64:0.5:x,256:0.5",
+        "64:0.5:1:2:3,256:0.5",
+        "64:0.5:-8,256:0.5",
+        "64:0.5:0:0,256:0.5",
+        "64:0.5:xq,256:0.5",
+        "64:0.5:x0,256:0.5",
+    ],
 )
 def test_bad_stage_batches_fail_with_the_syntax(stages):
     with pytest.raises(GrowLengthError, match="stage"):
