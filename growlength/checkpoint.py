@@ -161,9 +161,9 @@ def open_checkpoint(ckpt: str | Path, data: str | None = None) -> Opened:
 def model_from_checkpoint(path: Path, model_cfg, device):
     """A Hugging Face model built from model_cfg (the checkpoint's config.json, possibly changed) with
     the checkpoint's weights, in eval mode."""
-    from transformers import AutoModelForCausalLM
+    from growlength.models import auto_class
 
-    model = AutoModelForCausalLM.from_config(model_cfg)
+    model = auto_class(model_cfg).from_config(model_cfg)
     load_model_weights(path, model)
     return model.to(device).eval()
 

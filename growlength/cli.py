@@ -267,7 +267,12 @@ def _export(args) -> int:
     from growlength.export import export
 
     out = export(args.ckpt, args.out, data=args.data)
-    print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained")
+    kind = (
+        "AutoModelForMaskedLM"
+        if (out / "config.json").read_text().count('"modernbert"')
+        else "AutoModelForCausalLM"
+    )
+    print(f"wrote {out}: load it with {kind}.from_pretrained and AutoTokenizer.from_pretrained")
     return 0
 
 

@@ -80,6 +80,10 @@ class TrainConfig:
         "| constant | stages | deepspeed | composer (the peers' own) | dd (Dataset Decomposition: power-of-two "
         "document chunks, one bucket per step) | adaptive (doubling, each change when the length stops paying)",
     )
+    objective: str = option(
+        "clm", "clm (next-token prediction, a causal LM) or mlm (masked tokens, an encoder: modernbert-*)"
+    )
+    mask_rate: float = option(0.3, "mlm: the share of tokens masked (0.3 ModernBERT's, 0.15 BERT's)")
     adaptive_floor: float = option(
         0.5, "adaptive: the least share of the budget a length takes, as a multiple of the equal share 1/n"
     )
@@ -206,6 +210,15 @@ class TrainConfig:
             make_schedule("stages", start_len=self.start_len, target_len=self.target_len, stages=self.stages)
         check_batch_policy(self.batch_policy)
         check_bounds(self.adaptive_floor, self.adaptive_ceiling)
+        if self.objective not in ("clm", "mlm"):
+            raise GrowLengthError(f"objective must be clm or mlm, got {self.objective!r}")
+        if not 0 < self.mask_rate < 1:
+            raise GrowLengthError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+        if self.objective == "mlm":
+            given = [k for k in ("doc_mask", "compile", "rope_theta", "init_from") if getattr(self, k)]
+            given += ["rope_scaling"] if self.rope_scaling != "none" else []
+            if given:
+                raise GrowLengthError(f"objective mlm does not support {', '.join(given)} yet: drop it")
         tracker_names(self.log_to)
         parse_rope_theta(self.rope_theta)
         if parse_rope_scaling(self.rope_scaling) == ("yarn", None) and not self.init_from:

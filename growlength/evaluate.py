@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from growlength import dist
 from growlength.errors import GrowLengthError
 from growlength.loss import lm_loss
+from growlength.mlm import mask_generator, mask_tokens, mlm_token_losses
 from growlength.tokens import eval_windows
 
 
@@ -30,10 +31,21 @@ def autocast_context(device):
 
 
 @torch.no_grad()
-def val_loss(model, val, seq_len: int, *, eval_tokens: int, micro_batch_tokens: int, device, autocast) -> float:
-    """Mean loss over the first eval_tokens val tokens in windows of seq_len. Under torchrun the passes
-    are dealt over the ranks (pass k to rank k mod ranks) and their sums added up; every rank runs as
-    many passes (one may score nothing in its last), since an FSDP forward is a collective."""
+def val_loss(
+    model,
+    val,
+    seq_len: int,
+    *,
+    eval_tokens: int,
+    micro_batch_tokens: int,
+    device,
+    autocast,
+    objective: str = "clm",
+) -> float:
+    """Mean loss over the first eval_tokens val tokens in windows of seq_len (for mlm, at the tokens
+    masked as pass k of this length is always masked). Under torchrun the passes are dealt over the
+    ranks (pass k to rank k mod ranks) and their sums added up; every rank runs as many passes (one
+    may score nothing in its last), since an FSDP forward is a collective."""
     inputs, targets = eval_windows(val, seq_len, eval_tokens)
     rows_per_pass = max(1, micro_batch_tokens // seq_len)
     starts = range(0, len(inputs), rows_per_pass)
@@ -41,35 +53,70 @@ def val_loss(model, val, seq_len: int, *, eval_tokens: int, micro_batch_tokens: 
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     for k in range(rank, -(-len(starts) // ranks) * ranks, ranks):
         start = starts[k % len(starts)]
-        x = torch.from_numpy(inputs[start : start + rows_per_pass]).to(device)
-        y = torch.from_numpy(targets[start : start + rows_per_pass]).to(device)
+        x = torch.from_numpy(inputs[start : start + rows_per_pass])
+        y = torch.from_numpy(targets[start : start + rows_per_pass])
+        scored = k < len(starts)
         with autocast():
-            loss = lm_loss(model, x, y)
-        total += loss.double() * y.numel() * (k < len(starts))
+            if objective == "mlm":
+                masked_x, labels = _eval_mask(model, x, seq_len, k)
+                total += mlm_token_losses(model, masked_x.to(device), labels.to(device)).double().sum() * scored
+                count += int((labels != -100).sum()) * scored
+            else:
+                loss = lm_loss(model, x.to(device), y.to(device))
+                total += loss.double() * y.numel() * scored
+                count += y.numel() * scored
     model.train(was_training)
-    return dist.sum_over_ranks(total.item()) / targets.size
+    return dist.sum_over_ranks(total.item()) / max(1.0, dist.sum_over_ranks(float(count)))
+
+
+def _eval_mask(model, ids_BT: torch.Tensor, seq_len: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask of pass k at seq_len: the same for every model and every evaluation."""
+    vocab = model.config.mask_token_id  # the first id after the tokenizer's
+    return mask_tokens(ids_BT, rate=0.15, mask_id=vocab, vocab_size=vocab, generator=mask_generator(0, seq_len, k))
 
 
 @torch.no_grad()
-def loss_by_position(model, val, seq_len: int, *, eval_tokens: int, micro_batch_tokens: int, device, autocast):
-    """The mean loss at each position 1 .. seq_len over the same windows as val_loss (one process),
-    as a float64 array of seq_len; its mean is val_loss, since every window has each position once."""
+def loss_by_position(
+    model,
+    val,
+    seq_len: int,
+    *,
+    eval_tokens: int,
+    micro_batch_tokens: int,
+    device,
+    autocast,
+    objective: str = "clm",
+):
+    """The summed loss and the number of scored tokens at each position 1 .. seq_len over the same
+    windows as val_loss (one process), as two float64 arrays of seq_len: sums.sum() / counts.sum() is
+    val_loss; for clm every window scores each position once, for mlm only its masked tokens."""
     inputs, targets = eval_windows(val, seq_len, eval_tokens)
     rows_per_pass = max(1, micro_batch_tokens // seq_len)
     was_training = model.training
     model.eval()
-    total_T = torch.zeros(seq_len, dtype=torch.float64, device=device)
-    for start in range(0, len(inputs), rows_per_pass):
-        x = torch.from_numpy(inputs[start : start + rows_per_pass]).to(device)
-        y = torch.from_numpy(targets[start : start + rows_per_pass]).to(device)
+    sums_T = torch.zeros(seq_len, dtype=torch.float64)
+    counts_T = torch.zeros(seq_len, dtype=torch.float64)
+    for k, start in enumerate(range(0, len(inputs), rows_per_pass)):
+        x = torch.from_numpy(inputs[start : start + rows_per_pass])
+        y = torch.from_numpy(targets[start : start + rows_per_pass])
         with autocast():
-            logits_BTV = model(input_ids=x, use_cache=False).logits
-        losses_N = F.cross_entropy(logits_BTV.float().flatten(0, 1), y.flatten(), reduction="none")
-        total_T += losses_N.view_as(y).double().sum(0)
+            if objective == "mlm":
+                x, y = _eval_mask(model, x, seq_len, k)
+                losses_BT = mlm_token_losses(model, x.to(device), y.to(device)).cpu()
+                scored_BT = y != -100
+            else:
+                logits_BTV = model(input_ids=x.to(device), use_cache=False).logits
+                losses_N = F.cross_entropy(
+                    logits_BTV.float().flatten(0, 1), y.to(device).flatten(), reduction="none"
+                )
+                losses_BT, scored_BT = losses_N.view_as(y).cpu(), torch.ones_like(y, dtype=torch.bool)
+        sums_T += (losses_BT.double() * scored_BT).sum(0)
+        counts_T += scored_BT.double().sum(0)
     model.train(was_training)
-    return (total_T / len(inputs)).cpu().numpy()
+    return sums_T.numpy(), counts_T.numpy()
 
 
 def position_buckets(seq_len: int, target_len: int) -> list[tuple[int, int]]:
@@ -85,9 +132,12 @@ def position_buckets(seq_len: int, target_len: int) -> list[tuple[int, int]]:
     return list(zip([1] + [e + 1 for e in ends[:-1]], ends, strict=True))
 
 
-def bucket_means(losses_T, buckets: list[tuple[int, int]]) -> list[dict]:
-    """The mean of per-position losses over each bucket of positions (1-based, inclusive)."""
-    return [{"positions": [a, b], "loss": float(losses_T[a - 1 : b].mean())} for a, b in buckets]
+def bucket_means(sums_T, counts_T, buckets: list[tuple[int, int]]) -> list[dict]:
+    """The mean loss over the scored tokens of each bucket of positions (1-based, inclusive)."""
+    return [
+        {"positions": [a, b], "loss": float(sums_T[a - 1 : b].sum() / max(1.0, counts_T[a - 1 : b].sum()))}
+        for a, b in buckets
+    ]
 
 
 def val_losses(model, val, lengths, **kwargs) -> dict[int, float]:
@@ -153,7 +203,7 @@ def evaluate_checkpoint(
     for mode, scaled_cfg in configs.items():
         model = model_from_checkpoint(path, scaled_cfg, dev)
         for n in sorted(set(lengths)):
-            losses_T = loss_by_position(
+            sums_T, counts_T = loss_by_position(
                 model,
                 tokens.val,
                 n,
@@ -161,8 +211,9 @@ def evaluate_checkpoint(
                 micro_batch_tokens=cfg["micro_batch_tokens"],
                 device=dev,
                 autocast=lambda: autocast_context(dev),
+                objective=cfg.get("objective", "clm"),
             )
-            loss = float(losses_T.mean())
+            loss = float(sums_T.sum() / counts_T.sum())
             rows.append(
                 {
                     "rope_scaling": mode,
@@ -172,7 +223,7 @@ def evaluate_checkpoint(
                     "ppl": perplexity(loss),
                     "beyond_trained": n > trained,
                     "beyond_max_positions": bool(limit and n > limit),
-                    "loss_by_position": bucket_means(losses_T, position_buckets(n, cfg["target_len"])),
+                    "loss_by_position": bucket_means(sums_T, counts_T, position_buckets(n, cfg["target_len"])),
                 }
             )
     return {

@@ -4,8 +4,9 @@
     OUT/tokenizer.json, tokenizer_config.json                    (a PreTrainedTokenizerFast)
     OUT/growlength.json                                          where it came from: run, step, lengths
 
-`AutoModelForCausalLM.from_pretrained(OUT)` and `AutoTokenizer.from_pretrained(OUT)` load it with no
-growlength import. The folder is written beside OUT under a temporary name and renamed into place.
+`AutoModelForCausalLM.from_pretrained(OUT)` (an encoder trained with --objective mlm:
+`AutoModelForMaskedLM`, its tokenizer with the mask token `<|mask|>`) and `AutoTokenizer.from_pretrained(OUT)`
+load it with no growlength import. The folder is written beside OUT under a temporary name and renamed into place.
 """
 
 import json
@@ -48,11 +49,15 @@ def export(ckpt: str | Path, out: str | Path, *, data: str | None = None) -> Pat
 def _write(model, opened, tmp: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
+    from growlength.mlm import MASK_TOKEN
+    from growlength.models import is_encoder
+
     tokens, state = opened.data, opened.state
     eos_id, eos = int(tokens.meta["eos_id"]), tokens.meta["eos_token"]
     longest = opened.longest_trained
     model.config.eos_token_id = model.config.bos_token_id = eos_id
-    model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos_id
+    if getattr(model, "generation_config", None) is not None and not is_encoder(model.config):
+        model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos_id
     model.save_pretrained(str(tmp))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(tokens.path / "tokenizer.json"),
@@ -61,6 +66,10 @@ def _write(model, opened, tmp: Path) -> None:
         pad_token=eos,
         model_max_length=longest,
     )
+    if is_encoder(model.config):  # the mask token is the first id after the tokenizer's, as in training
+        tokenizer.add_special_tokens({"mask_token": MASK_TOKEN, "cls_token": eos, "sep_token": eos})
+        if tokenizer.mask_token_id != model.config.mask_token_id:
+            raise GrowLengthError(f"the tokenizer's mask id {tokenizer.mask_token_id} is not the model's")
     tokenizer.save_pretrained(str(tmp))
     provenance = {
         "checkpoint": str(opened.path.resolve()),

@@ -42,6 +42,19 @@ def _llama(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
     }
 
 
+def _modernbert(hidden: int, layers: int, heads: int) -> dict:
+    """A ModernBERT encoder (rotary positions, global attention every third layer, local windows of 128
+    between), for --objective mlm."""
+    return {
+        "model_type": "modernbert",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": 2 * hidden,
+        "max_position_embeddings": 8192,
+    }
+
+
 PRESETS: dict[str, dict] = {
     "tiny": _neox(64, 2, 2),
     "small": _neox(256, 4, 4),
@@ -54,7 +67,23 @@ PRESETS: dict[str, dict] = {
     "llama-tiny": _llama(64, 2, 2, 172),
     "llama-small": _llama(256, 4, 4, 688),
     "llama-150m": _llama(768, 12, 12, 2048),
+    "modernbert-tiny": _modernbert(64, 2, 2),
+    "modernbert-small": _modernbert(256, 4, 4),
 }
+
+
+ENCODER_TYPES = ("modernbert",)  # model types trained with --objective mlm (mlm.py)
+
+
+def is_encoder(config) -> bool:
+    return getattr(config, "model_type", None) in ENCODER_TYPES
+
+
+def auto_class(config):
+    """The transformers auto class a config builds: masked LM for an encoder, causal LM otherwise."""
+    import transformers
+
+    return transformers.AutoModelForMaskedLM if is_encoder(config) else transformers.AutoModelForCausalLM
 
 
 def model_config(model: str, *, vocab_size: int, eos_id: int):
@@ -63,17 +92,20 @@ def model_config(model: str, *, vocab_size: int, eos_id: int):
 
     if model in PRESETS:
         fields = dict(PRESETS[model])
-        # Pad the embedding to a multiple of 64 (as Pythia does): faster matmuls, same model.
-        fields["vocab_size"] = -(-vocab_size // 64) * 64
+        # Pad the embedding to a multiple of 64 (as Pythia does): faster matmuls, same model. An encoder
+        # keeps the first id after the tokenizer's for its mask token.
+        fields["vocab_size"] = -(-(vocab_size + (fields["model_type"] in ENCODER_TYPES)) // 64) * 64
     else:
         fields = _read_config_json(model)
     fields.update(bos_token_id=eos_id, eos_token_id=eos_id)
+    if fields["model_type"] in ENCODER_TYPES:  # its special tokens: the data's one, and the mask token
+        fields.update(pad_token_id=eos_id, cls_token_id=eos_id, sep_token_id=eos_id, mask_token_id=vocab_size)
     model_type = fields.pop("model_type")
     try:
         config = AutoConfig.for_model(model_type, **fields)
     except (ValueError, TypeError, KeyError) as e:
         raise GrowLengthError(f"model config {model!r} is not valid: {str(e).splitlines()[-1]}") from None
-    if config.vocab_size < vocab_size:
+    if config.vocab_size < vocab_size + is_encoder(config):
         raise GrowLengthError(
             f"the tokenizer has {vocab_size} tokens but model {model!r} has vocab_size {config.vocab_size}: "
             "raise vocab_size in the model config or prepare with a smaller --vocab-size"
@@ -108,7 +140,7 @@ def init_config(folder: str, *, vocab_size: int, target_len: int):
     if not any(path.glob("*.safetensors")):
         raise GrowLengthError(f"--init-from {folder}: no .safetensors weights there (other formats are refused)")
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    if config.vocab_size < vocab_size:
+    if config.vocab_size < vocab_size + is_encoder(config):
         raise GrowLengthError(
             f"--init-from {folder} has vocab_size {config.vocab_size}, the data's tokenizer {vocab_size}: "
             "prepare the data with the model's tokenizer"
@@ -186,11 +218,10 @@ def build_model(
     activation checkpointing, both through transformers; in train mode. (`from_pretrained` returns a
     model in eval mode, where transformers skips activation checkpointing and dropout.)"""
     import torch
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     if init_from:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class(config).from_pretrained(
             init_from,
             config=config,
             attn_implementation=attn_implementation,
@@ -199,7 +230,7 @@ def build_model(
             local_files_only=True,
         )
     else:
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+        model = auto_class(config).from_config(config, attn_implementation=attn_implementation)
     if checkpointing:
         _checkpoint_activations(model)
     return model.train()
@@ -286,7 +317,6 @@ def count_params(model) -> int:
 def params_of(model_cfg) -> int:
     """The parameters of the model a config builds, counted without building it (on the meta device)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        return count_params(AutoModelForCausalLM.from_config(model_cfg))
+        return count_params(auto_class(model_cfg).from_config(model_cfg))

@@ -21,6 +21,7 @@ from growlength.models import (
     check_fits,
     flush_denormals,
     init_config,
+    is_encoder,
     model_config,
     same_tokenizer,
     trained_context,
@@ -68,6 +69,12 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Preflig
             "raise target_len (the length the model is built for and evaluated at)"
         )
     check_fits(model_cfg, cfg.target_len)
+    if (cfg.objective == "mlm") != is_encoder(model_cfg):
+        kind = "an encoder (modernbert-tiny, modernbert-small)" if cfg.objective == "mlm" else "a causal LM"
+        raise GrowLengthError(
+            f"objective {cfg.objective} trains {kind}; model {cfg.model} is a {model_cfg.model_type}: "
+            "choose a model for the objective, or the objective for the model"
+        )
     rope_at = _position_policy(cfg, model_cfg)
     shapes = _step_shapes(cfg, schedule, world_size)
     _check_corpus(data, max(shapes, key=lambda s: (s.consumed, s.seq_len)), cfg.target_len)

@@ -31,6 +31,7 @@ from growlength.evaluate import val_losses
 from growlength.files import WriteFailed, sole_writer, writing
 from growlength.flops import device_name, flops_per_token, peak_flops
 from growlength.loss import bound_logits, lm_loss
+from growlength.mlm import mask_generator, mask_tokens, mlm_loss
 from growlength.models import build_model, compile_model, compile_stats, count_params, eager, set_rope
 from growlength.preflight import (
     Preflight,
@@ -115,7 +116,8 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
     )
     n_params = count_params(model)
     flops_by_len = {s.seq_len: flops_per_token(model, s.seq_len) for s in checked.shapes}
-    bound_logits(model, cfg.loss_chunk_tokens)
+    if cfg.objective == "clm":
+        bound_logits(model, cfg.loss_chunk_tokens)
     if cfg.compile:
         compile_model(model, len(checked.shapes))
     model = dist.wrap(model, world, device, cfg.parallel)  # built on the CPU, moved (or sharded) onto the device
@@ -277,7 +279,10 @@ def train_step(run: Run, shape: StepShape, started: float, ahead: bool = True) -
             # Weight by tokens so each micro-batch counts for what it holds: the sum is the step's mean.
             weight = micro_BT1[:, 1:].numel() / (shape.tokens // run.world.size)
             with dist.no_sync(run.model, micro, shape.micro_batches), run.autocast():
-                loss = lm_loss(run.model, micro_BT1[:, :-1], micro_BT1[:, 1:], position_ids) * weight
+                if run.cfg.objective == "mlm":
+                    loss = _masked_loss(run, rows_BT1[rows, :-1], micro) * weight
+                else:
+                    loss = lm_loss(run.model, micro_BT1[:, :-1], micro_BT1[:, 1:], position_ids) * weight
                 loss.backward()
             total += loss.detach()  # on the device: one sync per step, below
             micro += 1
@@ -297,6 +302,19 @@ def train_step(run: Run, shape: StepShape, started: float, ahead: bool = True) -
             "the last good checkpoint is intact. Lower lr or raise warmup and resume"
         )
     return loss, lr
+
+
+def _masked_loss(run: Run, ids_BT: torch.Tensor, micro: int) -> torch.Tensor:
+    """--objective mlm: the micro-batch's rows masked as the seed, step and micro-batch say (mlm.py),
+    and the loss at the masked tokens."""
+    inputs_BT, labels_BT = mask_tokens(
+        ids_BT,
+        rate=run.cfg.mask_rate,
+        mask_id=run.data.vocab_size,
+        vocab_size=run.data.vocab_size,
+        generator=mask_generator(run.cfg.seed, run.progress.step, micro, run.world.rank),
+    )
+    return mlm_loss(run.model, inputs_BT.to(run.device), labels_BT.to(run.device))
 
 
 def take_batch(run: Run, shape: StepShape) -> list[torch.Tensor]:
@@ -471,6 +489,7 @@ def evaluate(run: Run) -> dict:
             micro_batch_tokens=cfg.micro_batch_tokens,
             device=run.device,
             autocast=run.autocast,
+            objective=cfg.objective,
         )
     record = {
         "step": p.step,

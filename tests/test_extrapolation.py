@@ -135,8 +135,9 @@ def test_loss_by_position_is_the_causal_loss_at_each_position(run):
     opened = open_checkpoint(run, None)
     model = model_from_checkpoint(opened.path, opened.model_cfg, "cpu")
     kwargs = dict(eval_tokens=2048, micro_batch_tokens=1024, device=torch.device("cpu"), autocast=torch.no_grad)
-    losses_T = loss_by_position(model, opened.data.val, 256, **kwargs)
-    assert losses_T.shape == (256,)
+    sums_T, counts_T = loss_by_position(model, opened.data.val, 256, **kwargs)
+    assert sums_T.shape == counts_T.shape == (256,) and set(counts_T) == {8}  # 2048 tokens: 8 windows
+    losses_T = sums_T / counts_T
     assert losses_T.mean() == pytest.approx(val_loss(model, opened.data.val, 256, **kwargs), abs=1e-5)
     inputs, targets = eval_windows(opened.data.val, 256, 2048)
     with torch.no_grad():

@@ -1,0 +1,57 @@
+"""`--objective mlm`: masked language modelling for encoders with rotary positions (ModernBERT through
+transformers), through every length schedule: the paper's second open direction. BERT itself trained
+90% of its steps at 128 and 10% at 512, by hand; GrowLength's schedules do that for any encoder.
+
+Masking as the field does it (BERT; ModernBERT raises the rate to 30%): each token is chosen with
+probability `rate`; a chosen token is replaced by the mask token 80% of the time, by a random token
+10%, and kept 10%; the loss is the cross-entropy at the chosen tokens alone. The mask is drawn from a
+generator seeded by the run's seed, the step and the micro-batch (`mask_generator`), so a resumed run
+masks exactly as the uninterrupted one, and an evaluation masks every model the same way.
+
+The mask token is the first id after the tokenizer's (the model's embedding is padded to hold it);
+`growlength export` adds it to the tokenizer as `<|mask|>`.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MASK_TOKEN = "<|mask|>"
+
+
+def mask_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded by the keys (seed, step, micro-batch): the same keys, the same mask."""
+    seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def mask_tokens(
+    ids_BT: torch.Tensor, *, rate: float, mask_id: int, vocab_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) of an MLM step: labels are the chosen tokens' ids and -100 elsewhere; inputs
+    have 80% of the chosen tokens replaced by mask_id, 10% by a random id below vocab_size, 10% kept."""
+    draw_BT = torch.rand(ids_BT.shape, generator=generator)
+    chosen_BT = draw_BT < rate
+    labels_BT = torch.where(chosen_BT, ids_BT, torch.full_like(ids_BT, -100))
+    # within the chosen, the same draw decides: the first 80% of [0, rate) masks, the next 10% randomises
+    masked_BT = draw_BT < 0.8 * rate
+    randomised_BT = chosen_BT & ~masked_BT & (draw_BT < 0.9 * rate)
+    random_ids_BT = torch.randint(0, vocab_size, ids_BT.shape, generator=generator)
+    inputs_BT = torch.where(masked_BT, torch.full_like(ids_BT, mask_id), ids_BT)
+    inputs_BT = torch.where(randomised_BT, random_ids_BT, inputs_BT)
+    return inputs_BT, labels_BT
+
+
+def mlm_token_losses(model, inputs_BT: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy at every position (0 where the label is -100), in fp32, shape (B, T)."""
+    logits_BTV = model(input_ids=inputs_BT).logits
+    losses_N = F.cross_entropy(
+        logits_BTV.float().flatten(0, 1), labels_BT.flatten(), ignore_index=-100, reduction="none"
+    )
+    return losses_N.view_as(labels_BT)
+
+
+def mlm_loss(model, inputs_BT: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:
+    """The mean cross-entropy over the chosen tokens."""
+    chosen = (labels_BT != -100).sum().clamp(min=1)
+    return mlm_token_losses(model, inputs_BT, labels_BT).sum() / chosen

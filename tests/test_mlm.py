@@ -1,0 +1,95 @@
+"""--objective mlm: the masking as a pure function, then an encoder trained through a doubling schedule,
+resumed exactly, evaluated at many lengths and exported for AutoModelForMaskedLM."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from growlength.checkpoint import list_checkpoints
+from growlength.errors import GrowLengthError
+from growlength.mlm import mask_generator, mask_tokens
+from growlength.train import train
+
+
+def test_masking_chooses_the_rate_and_replaces_80_10_10():
+    ids = torch.randint(10, 1000, (64, 512))
+    inputs, labels = mask_tokens(ids, rate=0.3, mask_id=1000, vocab_size=1000, generator=mask_generator(0, 1, 2))
+    chosen = labels != -100
+    assert chosen.float().mean().item() == pytest.approx(0.3, abs=0.01)
+    assert torch.equal(labels[chosen], ids[chosen]) and torch.equal(inputs[~chosen], ids[~chosen])
+    masked = (inputs == 1000) & chosen
+    kept = (inputs == ids) & chosen
+    assert masked.sum() / chosen.sum() == pytest.approx(0.8, abs=0.02)
+    assert kept.sum() / chosen.sum() == pytest.approx(0.1 + 0.1 / 990, abs=0.02)  # kept, or replaced by itself
+    assert not ((inputs == 1000) & ~chosen).any() and inputs.max() <= 1000
+    again = mask_tokens(ids, rate=0.3, mask_id=1000, vocab_size=1000, generator=mask_generator(0, 1, 2))
+    other = mask_tokens(ids, rate=0.3, mask_id=1000, vocab_size=1000, generator=mask_generator(0, 1, 3))
+    assert torch.equal(again[0], inputs) and torch.equal(again[1], labels) and not torch.equal(other[1], labels)
+
+
+def mlm_config(corpus, **overrides):
+    return tiny_config(
+        corpus, model="modernbert-tiny", objective="mlm", **{"evals": 2, "eval_tokens": 1024, **overrides}
+    )
+
+
+def test_an_encoder_trains_through_the_schedule_resumes_exactly_and_exports(corpus, tmp_path):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from growlength.evaluate import evaluate_checkpoint
+    from growlength.export import export
+
+    whole = tmp_path / "whole"
+    train(mlm_config(corpus, budget_steps=12, checkpoint_every=6), whole, show_progress=False)
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["seq_len"] for r in steps] == [64] * 4 + [128] * 4 + [256] * 4
+    evals = [r for r in records if "val_loss" in r]
+    assert all(0 < r["val_loss"] < 10 for r in evals) and evals[-1]["val_loss"] < evals[0]["val_loss"]
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    for path in list_checkpoints(cut)[1:]:
+        shutil.rmtree(path)
+    (cut / "metrics.jsonl").write_text(
+        "".join(
+            line + "\n"
+            for line in (whole / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["step"] <= 6
+        )
+    )
+    train(None, cut, resume=True, show_progress=False)
+    again = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in again if "loss" in r] == [r["loss"] for r in steps]
+
+    report = evaluate_checkpoint(whole, [64, 256, 512], eval_tokens=1024)
+    by_len = {r["seq_len"]: r for r in report["results"]}
+    assert by_len.keys() == {64, 256, 512} and by_len[512]["beyond_trained"]
+    assert by_len[256]["loss"] == pytest.approx(evals[-1]["val_loss_by_len"]["256"], rel=1e-5)  # the same masks
+
+    out = export(whole, tmp_path / "hf")
+    model = AutoModelForMaskedLM.from_pretrained(str(out))
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer.mask_token == "<|mask|>" and tokenizer.mask_token_id == model.config.mask_token_id
+    ids = tokenizer("To be, or not to be, that is the <|mask|>", return_tensors="pt").input_ids
+    assert (ids == tokenizer.mask_token_id).sum() == 1
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape[-1] == model.config.vocab_size and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(model="tiny", objective="mlm"), "objective mlm trains an encoder"),
+        (dict(model="modernbert-tiny"), "objective clm trains a causal LM"),
+        (dict(model="modernbert-tiny", objective="mlm", doc_mask=True), "does not support doc_mask"),
+        (dict(model="modernbert-tiny", objective="mlm", mask_rate=1.5), "mask_rate"),
+    ],
+)
+def test_objective_and_model_must_agree(corpus, tmp_path, overrides, message):
+    with pytest.raises(GrowLengthError, match=message):
+        train(tiny_config(corpus, **overrides), tmp_path / "bad", show_progress=False)
+    assert not (tmp_path / "bad").exists()
