@@ -144,6 +144,8 @@ RECIPES = {
     # GrowLength growing the batch with the length, as the NanoGPT speedrun's three stages grow it
     # (1x, 2x, 3x the tokens per step, the LR by the square root of that): grow_both_stages
     "growlength-batch": {"schedule": "stages", "stages": "{grow_both_stages}"},
+    # BERT's two phases, by hand: 90% of the budget at a quarter of the target (its 128 of 512), then the target
+    "bert-two-phase": {"schedule": "stages", "stages": "{two_phase_stages}"},
     # GrowLength with rows held constant: short steps hold fewer tokens (the other reading of the paper)
     "growlength-rows": {"schedule": "doubling", "start_len": "{start_len}", "batch_policy": "rows"},
     # Composer SeqLengthWarmup defaults: a staircase 8 -> target in steps of 8 over the first 30% of the
@@ -202,6 +204,7 @@ def recipe(name: str, *, short_len: int, start_len: int, target_len: int = 1024)
         "start_len": start_len,
         "dd_start_len": max(2, target_len // 32),
         "grow_both_stages": grow_both_stages(start_len, target_len),
+        "two_phase_stages": f"{max(2, target_len // 4)}:0.9,{target_len}:0.1",
     }
     return {k: _fill(v, fill) for k, v in RECIPES[name].items()}
 
