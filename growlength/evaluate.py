@@ -46,36 +46,25 @@ def val_loss(
     masked as pass k of this length is always masked). Under torchrun the passes are dealt over the
     ranks (pass k to rank k mod ranks) and their sums added up; every rank runs as many passes (one
     may score nothing in its last), since an FSDP forward is a collective."""
-    inputs, targets = eval_windows(val, seq_len, eval_tokens)
-    rows_per_pass = max(1, micro_batch_tokens // seq_len)
-    starts = range(0, len(inputs), rows_per_pass)
+    passes = _passes(val, seq_len, eval_tokens, micro_batch_tokens)
     rank, ranks = dist.rank_and_size()
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    total = torch.zeros((), dtype=torch.float64)
     count = 0
-    for k in range(rank, -(-len(starts) // ranks) * ranks, ranks):
-        start = starts[k % len(starts)]
-        x = torch.from_numpy(inputs[start : start + rows_per_pass])
-        y = torch.from_numpy(targets[start : start + rows_per_pass])
-        scored = k < len(starts)
+    for k in range(rank, -(-len(passes) // ranks) * ranks, ranks):
+        x, y = passes[k % len(passes)]
+        scored = k < len(passes)
         with autocast():
-            if objective == "mlm":
-                masked_x, labels = _eval_mask(model, x, seq_len, k)
-                total += mlm_token_losses(model, masked_x.to(device), labels.to(device)).double().sum() * scored
-                count += int((labels != -100).sum()) * scored
-            else:
-                loss = lm_loss(model, x.to(device), y.to(device))
-                total += loss.double() * y.numel() * scored
+            if objective == "clm":  # the mean through lm_loss: the head's bounded logits where it has them
+                total += lm_loss(model, x.to(device), y.to(device)).double().cpu() * y.numel() * scored
                 count += y.numel() * scored
+            else:
+                losses_BT, scored_BT = _token_losses(model, x, y, seq_len, k, objective, device)
+                total += losses_BT.sum() * scored
+                count += int(scored_BT.sum()) * scored
     model.train(was_training)
     return dist.sum_over_ranks(total.item()) / max(1.0, dist.sum_over_ranks(float(count)))
-
-
-def _eval_mask(model, ids_BT: torch.Tensor, seq_len: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mask of pass k at seq_len: the same for every model and every evaluation."""
-    vocab = model.config.mask_token_id  # the first id after the tokenizer's
-    return mask_tokens(ids_BT, rate=0.15, mask_id=vocab, vocab_size=vocab, generator=mask_generator(0, seq_len, k))
 
 
 @torch.no_grad()
@@ -93,30 +82,45 @@ def loss_by_position(
     """The summed loss and the number of scored tokens at each position 1 .. seq_len over the same
     windows as val_loss (one process), as two float64 arrays of seq_len: sums.sum() / counts.sum() is
     val_loss; for clm every window scores each position once, for mlm only its masked tokens."""
-    inputs, targets = eval_windows(val, seq_len, eval_tokens)
-    rows_per_pass = max(1, micro_batch_tokens // seq_len)
     was_training = model.training
     model.eval()
     sums_T = torch.zeros(seq_len, dtype=torch.float64)
     counts_T = torch.zeros(seq_len, dtype=torch.float64)
-    for k, start in enumerate(range(0, len(inputs), rows_per_pass)):
-        x = torch.from_numpy(inputs[start : start + rows_per_pass])
-        y = torch.from_numpy(targets[start : start + rows_per_pass])
+    for k, (x, y) in enumerate(_passes(val, seq_len, eval_tokens, micro_batch_tokens)):
         with autocast():
-            if objective == "mlm":
-                x, y = _eval_mask(model, x, seq_len, k)
-                losses_BT = mlm_token_losses(model, x.to(device), y.to(device)).cpu()
-                scored_BT = y != -100
-            else:
-                logits_BTV = model(input_ids=x.to(device), use_cache=False).logits
-                losses_N = F.cross_entropy(
-                    logits_BTV.float().flatten(0, 1), y.to(device).flatten(), reduction="none"
-                )
-                losses_BT, scored_BT = losses_N.view_as(y).cpu(), torch.ones_like(y, dtype=torch.bool)
-        sums_T += (losses_BT.double() * scored_BT).sum(0)
+            losses_BT, scored_BT = _token_losses(model, x, y, seq_len, k, objective, device)
+        sums_T += losses_BT.sum(0)
         counts_T += scored_BT.double().sum(0)
     model.train(was_training)
     return sums_T.numpy(), counts_T.numpy()
+
+
+def _passes(
+    val, seq_len: int, eval_tokens: int, micro_batch_tokens: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The eval windows of seq_len, in passes of at most micro_batch_tokens: (inputs, targets) each."""
+    inputs, targets = eval_windows(val, seq_len, eval_tokens)
+    rows = max(1, micro_batch_tokens // seq_len)
+    return [
+        (torch.from_numpy(inputs[i : i + rows]), torch.from_numpy(targets[i : i + rows]))
+        for i in range(0, len(inputs), rows)
+    ]
+
+
+def _token_losses(model, x_BT, y_BT, seq_len: int, k: int, objective: str, device):
+    """Pass k's loss at each token (float64, on the CPU, 0 where nothing is scored) and which tokens are
+    scored: every target for clm; for mlm the tokens of the mask pass k at seq_len always has (15%, the
+    same for every model and every evaluation)."""
+    if objective == "mlm":
+        mask_id = model.config.mask_token_id  # the first id after the tokenizer's
+        x_BT, y_BT = mask_tokens(
+            x_BT, rate=0.15, mask_id=mask_id, vocab_size=mask_id, generator=mask_generator(0, seq_len, k)
+        )
+        losses_BT = mlm_token_losses(model, x_BT.to(device), y_BT.to(device))
+        return losses_BT.double().cpu(), y_BT != -100
+    logits_BTV = model(input_ids=x_BT.to(device), use_cache=False).logits
+    losses_N = F.cross_entropy(logits_BTV.float().flatten(0, 1), y_BT.to(device).flatten(), reduction="none")
+    return losses_N.view_as(y_BT).double().cpu(), torch.ones_like(y_BT, dtype=torch.bool)
 
 
 def position_buckets(seq_len: int, target_len: int) -> list[tuple[int, int]]:
