@@ -71,12 +71,13 @@ def falling_rate(points: list[tuple[float, float, float]]) -> float | None:
 
 
 def observe(watch: StageWatch, fraction: float, seconds: float, loss: float, *, window: float) -> None:
-    """Add a step's loss; fix the opening rate once the stage's first window is over; keep only the
-    last window's points after that (the history stays bounded)."""
+    """Add a step's loss; fix the opening rate once the stage's first window is over (its first 3 steps
+    if the window held fewer: a slope needs 3); keep only the last window's points after that (the
+    history stays bounded)."""
     watch.points.append((fraction, seconds, loss))
     if watch.opening_rate is None and fraction >= watch.started + window:
         first = [p for p in watch.points if p[0] <= watch.started + window]
-        watch.opening_rate = falling_rate(first)
+        watch.opening_rate = falling_rate(first if len(first) >= 3 else watch.points[:3])
     if watch.opening_rate is not None:
         watch.points = [p for p in watch.points if p[0] >= fraction - window]
 

@@ -200,10 +200,11 @@ def summarize(out: Path, base: TrainConfig, bench_cfg, names, points, best, cras
 
 def _params(base: TrainConfig) -> int:
     from growlength.models import params_of
-    from growlength.preflight import preflight
+    from growlength.preflight import run_model_config
     from growlength.prepare import resolve_data
+    from growlength.tokens import open_tokens
 
-    return params_of(preflight(base, resolve_data(base.data, base.vocab_size)).model_cfg)
+    return params_of(run_model_config(base, open_tokens(resolve_data(base.data, base.vocab_size))))
 
 
 def _sweep_table(out: Path, names: list[str], points: list[dict], crashes: dict) -> dict:

@@ -217,7 +217,7 @@ def evaluate_checkpoint(
                 autocast=lambda: autocast_context(dev),
                 objective=cfg.get("objective", "clm"),
             )
-            loss = float(sums_T.sum() / counts_T.sum())
+            loss = float(sums_T.sum() / max(1.0, counts_T.sum()))
             rows.append(
                 {
                     "rope_scaling": mode,

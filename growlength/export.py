@@ -49,7 +49,7 @@ def export(ckpt: str | Path, out: str | Path, *, data: str | None = None) -> Pat
 def _write(model, opened, tmp: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    from growlength.mlm import MASK_TOKEN
+    from growlength.mlm import MASK_TOKEN, PAD_TOKEN
     from growlength.models import is_encoder
 
     tokens, state = opened.data, opened.state
@@ -66,10 +66,14 @@ def _write(model, opened, tmp: Path) -> None:
         pad_token=eos,
         model_max_length=longest,
     )
-    if is_encoder(model.config):  # the mask token is the first id after the tokenizer's, as in training
+    if is_encoder(
+        model.config
+    ):  # the mask and padding tokens are the two ids after the tokenizer's, as in training
         tokenizer.add_special_tokens({"mask_token": MASK_TOKEN, "cls_token": eos, "sep_token": eos})
-        if tokenizer.mask_token_id != model.config.mask_token_id:
-            raise GrowLengthError(f"the tokenizer's mask id {tokenizer.mask_token_id} is not the model's")
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        ids = (tokenizer.mask_token_id, tokenizer.pad_token_id)
+        if ids != (model.config.mask_token_id, model.config.pad_token_id):
+            raise GrowLengthError(f"the tokenizer's mask and pad ids {ids} are not the model's")
     tokenizer.save_pretrained(str(tmp))
     provenance = {
         "checkpoint": str(opened.path.resolve()),

@@ -8,15 +8,16 @@ probability `rate`; a chosen token is replaced by the mask token 80% of the time
 generator seeded by the run's seed, the step and the micro-batch (`mask_generator`), so a resumed run
 masks exactly as the uninterrupted one, and an evaluation masks every model the same way.
 
-The mask token is the first id after the tokenizer's (the model's embedding is padded to hold it);
-`growlength export` adds it to the tokenizer as `<|mask|>`.
+The mask and padding tokens are the two ids after the tokenizer's (the model's embedding is padded
+to hold them: ModernBERT's padding row never trains, so it cannot be the end-of-text token);
+`growlength export` adds them to the tokenizer as `<|mask|>` and `<|pad|>`.
 """
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-MASK_TOKEN = "<|mask|>"
+MASK_TOKEN, PAD_TOKEN = "<|mask|>", "<|pad|>"
 
 
 def mask_generator(*keys: int) -> torch.Generator:

@@ -93,19 +93,22 @@ def model_config(model: str, *, vocab_size: int, eos_id: int):
     if model in PRESETS:
         fields = dict(PRESETS[model])
         # Pad the embedding to a multiple of 64 (as Pythia does): faster matmuls, same model. An encoder
-        # keeps the first id after the tokenizer's for its mask token.
-        fields["vocab_size"] = -(-(vocab_size + (fields["model_type"] in ENCODER_TYPES)) // 64) * 64
+        # keeps the two ids after the tokenizer's for its mask and padding tokens.
+        fields["vocab_size"] = -(-(vocab_size + 2 * (fields["model_type"] in ENCODER_TYPES)) // 64) * 64
     else:
         fields = _read_config_json(model)
     fields.update(bos_token_id=eos_id, eos_token_id=eos_id)
-    if fields["model_type"] in ENCODER_TYPES:  # its special tokens: the data's one, and the mask token
-        fields.update(pad_token_id=eos_id, cls_token_id=eos_id, sep_token_id=eos_id, mask_token_id=vocab_size)
+    if fields["model_type"] in ENCODER_TYPES:  # the data's end of text, then a mask and a padding id of its own
+        # (ModernBERT's padding row never trains: it cannot be the end of text every row holds)
+        fields.update(
+            cls_token_id=eos_id, sep_token_id=eos_id, mask_token_id=vocab_size, pad_token_id=vocab_size + 1
+        )
     model_type = fields.pop("model_type")
     try:
         config = AutoConfig.for_model(model_type, **fields)
     except (ValueError, TypeError, KeyError) as e:
         raise GrowLengthError(f"model config {model!r} is not valid: {str(e).splitlines()[-1]}") from None
-    if config.vocab_size < vocab_size + is_encoder(config):
+    if config.vocab_size < vocab_size + 2 * is_encoder(config):
         raise GrowLengthError(
             f"the tokenizer has {vocab_size} tokens but model {model!r} has vocab_size {config.vocab_size}: "
             "raise vocab_size in the model config or prepare with a smaller --vocab-size"
@@ -140,7 +143,7 @@ def init_config(folder: str, *, vocab_size: int, target_len: int):
     if not any(path.glob("*.safetensors")):
         raise GrowLengthError(f"--init-from {folder}: no .safetensors weights there (other formats are refused)")
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    if config.vocab_size < vocab_size + is_encoder(config):
+    if config.vocab_size < vocab_size + 2 * is_encoder(config):
         raise GrowLengthError(
             f"--init-from {folder} has vocab_size {config.vocab_size}, the data's tokenizer {vocab_size}: "
             "prepare the data with the model's tokenizer"
@@ -288,9 +291,19 @@ def compile_model(model, lengths: int):
 
 
 def transformer_blocks(model) -> list:
-    """The model's transformer blocks: the modules of the classes it lists in `_no_split_modules`."""
+    """The model's transformer blocks: the modules of the classes it lists in `_no_split_modules`, but
+    any that holds a parameter shared with another module (ModernBERT lists its embeddings, whose
+    weight the tied decoder shares): FSDP2 needs a shared parameter inside one unit, the root here."""
     names = set(getattr(model, "_no_split_modules", None) or ())
-    return [module for module in model.modules() if type(module).__name__ in names]
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            owners[id(param)] = owners.get(id(param), 0) + 1
+    return [
+        module
+        for module in model.modules()
+        if type(module).__name__ in names and all(owners[id(q)] == 1 for q in module.parameters())
+    ]
 
 
 def eager():

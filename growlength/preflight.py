@@ -62,7 +62,7 @@ def preflight(cfg: TrainConfig, data_path: Path, world_size: int = 1) -> Preflig
         seed=cfg.seed,
     )
     budget = Budget(steps=cfg.budget_steps, tokens=cfg.budget_tokens, seconds=cfg.budget_seconds)
-    model_cfg = _model_config(cfg, data)
+    model_cfg = run_model_config(cfg, data)
     if schedule.max_len > cfg.target_len:
         raise GrowLengthError(
             f"the schedule reaches seq_len {schedule.max_len}, beyond target_len {cfg.target_len}: "
@@ -102,7 +102,7 @@ def _step_shapes(cfg: TrainConfig, schedule: LengthSchedule, world_size: int) ->
     return shapes
 
 
-def _model_config(cfg: TrainConfig, data: TokenData):
+def run_model_config(cfg: TrainConfig, data: TokenData):
     """The preset's (or config.json's) config, or the --init-from folder's, whose tokenizer must be the data's."""
     if not cfg.init_from:
         return model_config(cfg.model, vocab_size=data.vocab_size, eos_id=int(data.meta["eos_id"]))

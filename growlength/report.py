@@ -75,7 +75,7 @@ def stage_jumps(steps: list[dict], k: int = 5) -> list[dict]:
     loop logged it, and `jump_k`, the mean loss of the k steps from the change on minus the k before it
     (one step's loss is noisy; k of them less so).
 
-    >>> change = {"loss": 4.5, "seq_len": 128, "stage_change": True, "loss_jump": 0.5}
+    >>> change = {"step": 6, "loss": 4.5, "seq_len": 128, "stage_change": True, "loss_jump": 0.5}
     >>> stage_jumps([{"loss": 4.0, "seq_len": 64}] * 5 + [change] + [{"loss": 4.1, "seq_len": 128}] * 4)
     [{'seq_len': 128, 'step': 6, 'loss_jump': 0.5, 'jump_k': 0.18}]
     """
@@ -111,7 +111,7 @@ def versus(baseline: list[dict], reps: list[dict]) -> dict:
     cheaper = [
         s["at"] / g["at"] if s and g else None for s, g in zip(speedups, token_gains, strict=True)
     ]  # speedup = learning x cheaper tokens, seed by seed
-    return {
+    result = {
         "final_val_loss": _mean(finals),
         "final_val_loss_each": finals,
         "tokens": _mean([r["tokens"][-1] for r in reps]),
@@ -128,7 +128,6 @@ def versus(baseline: list[dict], reps: list[dict]) -> dict:
         "token_gain_each": token_gains,
         "token_gain": _mean([g["at"] for g in token_gains]) if None not in token_gains else None,
         "cheaper_tokens_each": cheaper,
-        "cheaper_tokens": _mean(cheaper) if None not in cheaper else None,
         "tokens_vs_baseline_each": [
             r["tokens"][-1] / b["tokens"][-1] for b, r in zip(baseline, reps, strict=True)
         ],
@@ -137,19 +136,29 @@ def versus(baseline: list[dict], reps: list[dict]) -> dict:
         "val_loss_by_position": _mean_by_position(reps),
         "stage_jumps_each": [r.get("stage_jumps", []) for r in reps],
     }
+    # of the means, so that the printed speedup = learning x cheaper tokens (seed by seed: cheaper_tokens_each)
+    known = result["speedup"] is not None and result["token_gain"] is not None
+    result["cheaper_tokens"] = result["speedup"] / result["token_gain"] if known else None
+    return result
 
 
-def ceiling(runs: dict, target_len: int) -> dict | None:
+def ceiling(runs: dict, target_len: int, min_steps: int = 5) -> dict | None:
     """The most that cheaper tokens alone could give on this machine: the median tokens/s of the fastest
-    length at or below the target, over the target's, from every run's steps (None without the target).
+    length at or below the target, over the target's, from every run's steps (lengths trained for at
+    least min_steps steps: a ramp's one-step lengths are noise, and the max of noise is biased up).
+    None without the target.
 
-    >>> ceiling({"a": {"tokens_per_s_by_len": {"128": 300.0, "2048": 200.0}}}, 2048)
+    >>> run = {"tokens_per_s_by_len": {"128": 300.0, "2048": 200.0}, "steps_by_len": {"128": 9, "2048": 9}}
+    >>> ceiling({"a": run}, 2048)
     {'speedup': 1.5, 'fastest_len': 128, 'tokens_per_s_by_len': {'128': 300.0, '2048': 200.0}}
     """
     merged: dict[int, list[float]] = {}
+    steps: dict[int, int] = {}
     for r in runs.values():
         for seq_len, speed in r.get("tokens_per_s_by_len", {}).items():
             merged.setdefault(int(seq_len), []).append(speed)
+            steps[int(seq_len)] = steps.get(int(seq_len), 0) + r.get("steps_by_len", {}).get(seq_len, min_steps)
+    merged = {n: v for n, v in merged.items() if steps[n] >= min_steps}
     by_len = {n: statistics.median(v) for n, v in sorted(merged.items()) if n <= target_len}
     if target_len not in by_len:
         return None
@@ -203,6 +212,15 @@ def _median_by_len(reps: list[dict]) -> dict[str, float]:
         for seq_len, speeds in rep["tokens_per_s_by_len"].items():
             merged.setdefault(seq_len, []).extend(speeds)
     return {str(k): statistics.median(v) for k, v in sorted(merged.items())}
+
+
+def _steps_by_len(reps: list[dict]) -> dict[str, int]:
+    """How many steps every seed together trained at each length."""
+    counts: dict[int, int] = {}
+    for rep in reps:
+        for seq_len, speeds in rep["tokens_per_s_by_len"].items():
+            counts[int(seq_len)] = counts.get(int(seq_len), 0) + len(speeds)
+    return {str(k): v for k, v in sorted(counts.items())}
 
 
 def _mean_by_position(reps: list[dict]) -> dict[str, list[dict]]:

@@ -189,7 +189,7 @@ def parse_stage_table(text: str) -> list[tuple[int, Fraction, str, float]]:
             ) from None
         if not size > 0 or not lr_mult > 0:
             raise GrowLengthError(
-                f"stage {item.strip()!r}: tokens per step must be at least 0 and the LR multiplier positive"
+                f"stage {item.strip()!r}: tokens per step and the LR multiplier must be positive"
             )
     return table
 

@@ -188,6 +188,9 @@ def dd_length_fraction(run: Run):
     started = time.perf_counter()
     lengths = run.schedule.lengths
     table = planned_tokens_per_s(run, lengths)
+    p = run.progress
+    if p.planned_seconds == 0 and p.seconds > 0:  # a checkpoint from before the correction: none so far
+        p.planned_seconds = p.seconds
     speed = cycle_tokens_per_s(list(run.schedule.shares), [table[n] for n in lengths])
     if run.world.is_main:
         speeds = ", ".join(f"{n}: {v:,.0f}" for n, v in table.items())

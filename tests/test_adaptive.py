@@ -100,3 +100,11 @@ def test_an_adaptive_run_logs_each_decision_and_a_resume_takes_the_same_ones(cor
     train(None, cut, resume=True, show_progress=False)
     again = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     assert [(r["seq_len"], r["loss"]) for r in again if "loss" in r] == [(r["seq_len"], r["loss"]) for r in steps]
+
+
+def test_a_first_window_of_fewer_than_three_steps_still_measures_the_opening_rate():
+    watch = StageWatch()
+    for step, loss in enumerate([5.0, 4.0, 3.0, 2.9], 1):  # the window ends at 0.1: one step in it
+        observe(watch, step / 10, float(step), loss, window=0.1)
+    assert watch.opening_rate == pytest.approx(1.0)  # from the stage's first three steps
+    assert len(watch.points) <= 2  # trimmed to the last window once it is known

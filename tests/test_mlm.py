@@ -73,6 +73,8 @@ def test_an_encoder_trains_through_the_schedule_resumes_exactly_and_exports(corp
     model = AutoModelForMaskedLM.from_pretrained(str(out))
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     assert tokenizer.mask_token == "<|mask|>" and tokenizer.mask_token_id == model.config.mask_token_id
+    # the padding id is its own: ModernBERT's padding row never trains, and every row holds end-of-text tokens
+    assert tokenizer.pad_token_id == model.config.pad_token_id != tokenizer.eos_token_id
     ids = tokenizer("To be, or not to be, that is the <|mask|>", return_tensors="pt").input_ids
     assert (ids == tokenizer.mask_token_id).sum() == 1
     with torch.no_grad():
@@ -93,3 +95,17 @@ def test_objective_and_model_must_agree(corpus, tmp_path, overrides, message):
     with pytest.raises(GrowLengthError, match=message):
         train(tiny_config(corpus, **overrides), tmp_path / "bad", show_progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_fsdp_units_keep_the_tied_embeddings_with_the_head():
+    """ModernBERT lists its embeddings among its no-split modules, but the decoder shares their weight:
+    FSDP2 needs a shared parameter inside one unit, so the embeddings stay in the root with the head."""
+    from growlength.models import build_model, model_config, transformer_blocks
+
+    model = build_model(model_config("modernbert-tiny", vocab_size=512, eos_id=0), seed=0)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    units = transformer_blocks(model)
+    assert units and all(type(u).__name__ == "ModernBertEncoderLayer" for u in units) and len(units) == 2
+    assert (
+        model.config.pad_token_id == 513 and model.config.mask_token_id == 512 and model.config.vocab_size == 576
+    )
