@@ -183,9 +183,10 @@ def _ratio(baseline_end: float, hit: dict | None) -> dict | None:
 
 
 def headline(report: dict) -> str:
-    """One sentence: GrowLength's best against the baseline's best."""
+    """One sentence: GrowLength's best against the baseline's best (a run named with its tuning,
+    growlength+lr=0.008, is GrowLength)."""
     runs, base = report["runs"], report["runs"][BASELINE]
-    mine = runs.get("growlength")
+    mine = next((r for name, r in runs.items() if recipe_of(name) == "growlength"), None)
     if not mine or "crash" in mine:
         return "no growlength run in this bench"
     speed = mine["speedup"]

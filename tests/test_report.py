@@ -78,6 +78,8 @@ def test_table_and_headline_say_what_was_measured_and_crashes_are_rows():
         "growlength reaches the tuned fixed-length baseline's final val loss 2.87x"
     )
     assert headline(report_of({"fixed-target": base})) == "no growlength run in this bench"
+    tuned = headline(report_of({"fixed-target": base, "growlength+lr=0.008": mine}))
+    assert tuned.startswith("growlength reaches the tuned fixed-length baseline's final val loss 2.87x")
 
 
 def test_the_sweep_table_bolds_each_recipes_best_point():
