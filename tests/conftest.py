@@ -51,3 +51,20 @@ CHILD_ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 def train_args(config_path, out, *extra) -> list[str]:
     """`-m growlength train` arguments for a saved config, as a user would type them."""
     return ["-m", "growlength", "train", "--config", str(config_path), "--out", str(out), "--quiet", *extra]
+
+
+def cut_back(run: Path, to: Path, step: int) -> Path:
+    """A copy of a finished run as a crash after `step` would have left it: its checkpoints up to that
+    step, its metrics up to that step (the copy resumes from there)."""
+    import json
+    import shutil
+
+    from growlength.checkpoint import list_checkpoints
+
+    shutil.copytree(run, to)
+    for path in list_checkpoints(to):
+        if int(path.name.split("_")[1]) > step:
+            shutil.rmtree(path)
+    lines = (to / "metrics.jsonl").read_text().splitlines()
+    (to / "metrics.jsonl").write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+    return to

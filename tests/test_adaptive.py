@@ -72,11 +72,9 @@ def test_bad_bounds_fail_at_load(floor, ceiling):
 
 def test_an_adaptive_run_logs_each_decision_and_a_resume_takes_the_same_ones(corpus, tmp_path):
     import json
-    import shutil
 
-    from conftest import tiny_config
+    from conftest import cut_back, tiny_config
 
-    from growlength.checkpoint import list_checkpoints
     from growlength.train import train
 
     cfg = tiny_config(corpus, schedule="adaptive", budget_steps=40, evals=2, eval_tokens=1024, checkpoint_every=15)
@@ -91,12 +89,7 @@ def test_an_adaptive_run_logs_each_decision_and_a_resume_takes_the_same_ones(cor
     assert [i + 1 for i in decided] == changes  # a decision after step i: step i + 1 at the next length
     shares = [n / 40 for n in (changes[0], changes[1] - changes[0], 40 - changes[1])]
     assert all(0.5 / 3 - 1e-9 <= s <= 2.0 / 3 + 1 / 40 for s in shares)  # within the floor and ceiling
-    cut = tmp_path / "cut"
-    shutil.copytree(whole, cut)
-    for path in list_checkpoints(cut)[1:]:
-        shutil.rmtree(path)
-    metrics = (cut / "metrics.jsonl").read_text().splitlines()
-    (cut / "metrics.jsonl").write_text("".join(line + "\n" for line in metrics if json.loads(line)["step"] <= 15))
+    cut = cut_back(whole, tmp_path / "cut", 15)
     train(None, cut, resume=True, show_progress=False)
     again = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     assert [(r["seq_len"], r["loss"]) for r in again if "loss" in r] == [(r["seq_len"], r["loss"]) for r in steps]

@@ -2,13 +2,11 @@
 resumed exactly, evaluated at many lengths and exported for AutoModelForMaskedLM."""
 
 import json
-import shutil
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import cut_back, tiny_config
 
-from growlength.checkpoint import list_checkpoints
 from growlength.errors import GrowLengthError
 from growlength.mlm import mask_generator, mask_tokens
 from growlength.train import train
@@ -49,17 +47,7 @@ def test_an_encoder_trains_through_the_schedule_resumes_exactly_and_exports(corp
     assert [r["seq_len"] for r in steps] == [64] * 4 + [128] * 4 + [256] * 4
     evals = [r for r in records if "val_loss" in r]
     assert all(0 < r["val_loss"] < 10 for r in evals) and evals[-1]["val_loss"] < evals[0]["val_loss"]
-    cut = tmp_path / "cut"
-    shutil.copytree(whole, cut)
-    for path in list_checkpoints(cut)[1:]:
-        shutil.rmtree(path)
-    (cut / "metrics.jsonl").write_text(
-        "".join(
-            line + "\n"
-            for line in (whole / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["step"] <= 6
-        )
-    )
+    cut = cut_back(whole, tmp_path / "cut", 6)
     train(None, cut, resume=True, show_progress=False)
     again = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in again if "loss" in r] == [r["loss"] for r in steps]

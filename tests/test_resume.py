@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CHILD_ENV, tiny_config, train_args
+from conftest import CHILD_ENV, cut_back, tiny_config, train_args
 
 from growlength.checkpoint import list_checkpoints, read_state
 from growlength.config import save_config
@@ -144,7 +144,6 @@ def test_checkpoint_every_steps_apart_from_the_evals_resumes_exactly(corpus, tmp
     end, none at the eval of step 6; the run cut back to step 5 continues with the same losses (also
     for SkyLadder's windows, whose steps have a second part of each sample's remainder, and for stages
     that grow the batch and scale the LR with the length)."""
-    import shutil
 
     shape = {
         "tokens": {},
@@ -157,12 +156,7 @@ def test_checkpoint_every_steps_apart_from_the_evals_resumes_exactly(corpus, tmp
     assert [p.name for p in list_checkpoints(whole)] == ["step_00000005", "step_00000010", "step_00000012"]
     evals = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals if "val_loss" in r] == [0, 6, 12]
-    cut = tmp_path / "cut"
-    shutil.copytree(whole, cut)
-    for path in list_checkpoints(cut)[1:]:
-        shutil.rmtree(path)
-    metrics = (cut / "metrics.jsonl").read_text().splitlines()
-    (cut / "metrics.jsonl").write_text("".join(line + "\n" for line in metrics if json.loads(line)["step"] <= 5))
+    cut = cut_back(whole, tmp_path / "cut", 5)
     train(None, cut, resume=True, show_progress=False)
     assert losses(cut) == losses(whole)
     # the checkpoint's loader state is the one after step 5's batch, not the batch read ahead for step 6
