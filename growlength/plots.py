@@ -217,7 +217,7 @@ def _model_name(checkpoint: str) -> str:
 def plot_scale(rows: list[dict], out: str | Path) -> Path:
     """The scale ladder (report.scale_rows): speedup at equal time against tokens per parameter, one
     colour per recipe, one line style per model size (the baseline is 1x); beside it, the final loss
-    gap to the baseline. A point that never reached the baseline's loss is drawn at the bottom."""
+    gap to the baseline. A recipe with a seed that never reached the baseline's loss is an x at 1x."""
     plt = _pyplot()
     fig, (speed_ax, gap_ax) = plt.subplots(1, 2, figsize=(13, 4.8))
     recipes = sorted({row["recipe"] for row in rows}, key=lambda r: (r != "growlength", r))
@@ -230,7 +230,12 @@ def plot_scale(rows: list[dict], out: str | Path) -> Path:
                 continue
             label = f"{recipe}, {model}" if len(models) > 1 else recipe
             xs = [row["tokens_per_param"] for row in mine]
-            speed_ax.plot(xs, [row["speedup"] or 0.5 for row in mine], styles[j % 4], color=f"C{i}", label=label)
+            reached = [(row["tokens_per_param"], row["speedup"]) for row in mine if row["speedup"]]
+            speed_ax.plot(
+                [x for x, _ in reached], [y for _, y in reached], styles[j % 4], color=f"C{i}", label=label
+            )
+            missed = [row["tokens_per_param"] for row in mine if not row["speedup"]]
+            speed_ax.plot(missed, [1.0] * len(missed), "x", ms=9, color=f"C{i}")  # a seed never reached it
             for row in mine:  # each seed's speedup, small
                 seeds = [s for s in row["speedup_each"] if s]
                 speed_ax.plot([row["tokens_per_param"]] * len(seeds), seeds, ".", ms=3, color=f"C{i}", alpha=0.6)
@@ -242,7 +247,7 @@ def plot_scale(rows: list[dict], out: str | Path) -> Path:
         ax.set_xlabel("tokens per parameter (the baseline's, at equal time)")
         ax.grid(alpha=0.3, which="both")
     speed_ax.set_yscale("log", base=2)
-    speed_ax.set_ylabel("speedup to the baseline's final loss (x)")
+    speed_ax.set_ylabel("speedup to the baseline's final loss (x: a seed never reached it)")
     gap_ax.set_ylabel("final val loss minus the baseline's")
     speed_ax.legend(fontsize=7)
     fig.suptitle("does the lead hold as the run grows? equal time against the tuned fixed-length baseline")
