@@ -56,7 +56,8 @@ def _write(model, opened, tmp: Path) -> None:
     eos_id, eos = int(tokens.meta["eos_id"]), tokens.meta["eos_token"]
     longest = opened.longest_trained
     model.config.eos_token_id = model.config.bos_token_id = eos_id
-    if getattr(model, "generation_config", None) is not None and not is_encoder(model.config):
+    encoder = is_encoder(model.config)
+    if getattr(model, "generation_config", None) is not None and not encoder:
         model.generation_config.eos_token_id = model.generation_config.pad_token_id = eos_id
     model.save_pretrained(str(tmp))
     tokenizer = PreTrainedTokenizerFast(
@@ -66,9 +67,7 @@ def _write(model, opened, tmp: Path) -> None:
         pad_token=eos,
         model_max_length=longest,
     )
-    if is_encoder(
-        model.config
-    ):  # the mask and padding tokens are the two ids after the tokenizer's, as in training
+    if encoder:  # the mask and padding tokens are the two ids after the tokenizer's, as in training
         tokenizer.add_special_tokens({"mask_token": MASK_TOKEN, "cls_token": eos, "sep_token": eos})
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
         ids = (tokenizer.mask_token_id, tokenizer.pad_token_id)

@@ -45,7 +45,7 @@ class LengthSchedule:
     total_steps: int | None = None
     shares: tuple[float, ...] = ()
     seed: int = 0
-    stage_tokens: tuple[str, ...] = ()  # `stages` only: each stage's tokens per step: N, xK (K x the run's),
+    stage_tokens: tuple[str, ...] = ()  # `stages` only: each stage's tokens per step: N, xK, or "" (the run's)
     stage_lr: tuple[float, ...] = ()  # `stages` only: each stage's LR multiplier
 
     def tokens_per_step(self, seq_len: int, default: int) -> int:

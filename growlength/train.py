@@ -151,9 +151,8 @@ def setup(cfg: TrainConfig | None, out: Path, resume: bool) -> Run:
         )
     if cfg.schedule == "auto":
         run.schedule = auto_schedule(run)
-    if cfg.schedule == "adaptive" and run.progress.watch is None:
-        run.progress.watch = StageWatch()
     if cfg.schedule == "adaptive":
+        run.progress.watch = run.progress.watch or StageWatch()  # a resumed run's history, or a new one
         planned_tokens_per_s(run, run.schedule.lengths)  # each length's tokens/s, for the rule's speed ratio
     if cfg.schedule == "dd" and run.budget.seconds is not None:
         run.length_fraction = dd_length_fraction(run)
@@ -276,15 +275,15 @@ def train_step(run: Run, shape: StepShape, started: float, ahead: bool = True) -
     micro = 0  # over every part: gradients are reduced in the step's last micro-batch
     for part, rows_BT1 in zip(shape.parts, parts_BT1, strict=True):
         for first in range(0, len(rows_BT1), part.micro_rows):
-            rows = slice(first, first + part.micro_rows)
-            micro_BT1 = rows_BT1[rows].to(run.device, non_blocking=True)
-            position_ids = _doc_positions(run, rows_BT1[rows, :-1])
+            host_BT1 = rows_BT1[first : first + part.micro_rows]
             # Weight by tokens so each micro-batch counts for what it holds: the sum is the step's mean.
-            weight = micro_BT1[:, 1:].numel() / (shape.tokens // run.world.size)
+            weight = host_BT1[:, 1:].numel() / (shape.tokens // run.world.size)
             with dist.no_sync(run.model, micro, shape.micro_batches), run.autocast():
-                if run.cfg.objective == "mlm":
-                    loss = _masked_loss(run, rows_BT1[rows, :-1], micro) * weight
+                if run.cfg.objective == "mlm":  # masked on the host (seeded), then sent
+                    loss = _masked_loss(run, host_BT1[:, :-1], micro) * weight
                 else:
+                    micro_BT1 = host_BT1.to(run.device, non_blocking=True)
+                    position_ids = _doc_positions(run, host_BT1[:, :-1])
                     loss = lm_loss(run.model, micro_BT1[:, :-1], micro_BT1[:, 1:], position_ids) * weight
                 loss.backward()
             total += loss.detach()  # on the device: one sync per step, below
