@@ -5,12 +5,21 @@ Trainer and resume are plain transformers.
     growlength prepare --out runs/data --vocab-size 2048
     python examples/hf_trainer.py --data runs/data --out runs/hf-trainer
     python examples/hf_trainer.py --data runs/data --out runs/hf-trainer --resume   # after a crash
+    python examples/hf_trainer.py --data runs/data --out runs/hf-mlm --objective mlm  # a ModernBERT encoder
 """
 
 import argparse
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 
 from growlength import make_schedule, open_tokens  # GROWLENGTH
 from growlength.integrations.hf_trainer import GrowLengthCallback, GrowLengthDataset  # GROWLENGTH
@@ -25,6 +34,8 @@ def parse_args():
     parser.add_argument("--target-len", type=int, default=1024)
     parser.add_argument("--tokens-per-batch", type=int, default=8192, help="tokens per micro-batch per device")
     parser.add_argument("--accum", type=int, default=1, help="gradient_accumulation_steps")
+    parser.add_argument("--objective", choices=("clm", "mlm"), default="clm", help="mlm: a masked-LM encoder")
+    parser.add_argument("--mask-rate", type=float, default=0.3, help="mlm: the share of tokens masked")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -36,12 +47,30 @@ def parse_args():
     return parser.parse_args()
 
 
-def main():
-    opts = parse_args()
-    set_seed(opts.seed)
-    model = LlamaForCausalLM(
+def build_model(opts):
+    data = open_tokens(opts.data)  # GROWLENGTH: the tokenizer's size and end-of-text id
+    vocab_size, eos_id = data.vocab_size, data.meta["eos_id"]
+    if opts.objective == "mlm":
+        # Two ids after the tokenizer's: the mask (the id GrowLengthDataset masks with) and padding.
+        return ModernBertForMaskedLM(
+            ModernBertConfig(
+                vocab_size=vocab_size + 2,
+                hidden_size=opts.hidden,
+                num_hidden_layers=opts.layers,
+                num_attention_heads=max(1, opts.hidden // 64),
+                intermediate_size=2 * opts.hidden,
+                max_position_embeddings=opts.target_len,
+                mask_token_id=vocab_size,
+                pad_token_id=vocab_size + 1,
+                bos_token_id=eos_id,
+                eos_token_id=eos_id,
+                cls_token_id=eos_id,
+                sep_token_id=eos_id,
+            )
+        )
+    return LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=open_tokens(opts.data).vocab_size,
+            vocab_size=vocab_size,
             hidden_size=opts.hidden,
             num_hidden_layers=opts.layers,
             num_attention_heads=max(1, opts.hidden // 64),
@@ -50,6 +79,12 @@ def main():
             tie_word_embeddings=True,
         )
     )
+
+
+def main():
+    opts = parse_args()
+    set_seed(opts.seed)
+    model = build_model(opts)
     args = TrainingArguments(
         output_dir=opts.out,
         max_steps=opts.max_steps,
@@ -70,7 +105,14 @@ def main():
         seed=opts.seed,
     )
     schedule = make_schedule("doubling", start_len=opts.start_len, target_len=opts.target_len)  # GROWLENGTH
-    dataset = GrowLengthDataset(opts.data, schedule, args, tokens_per_batch=opts.tokens_per_batch)  # GROWLENGTH
+    dataset = GrowLengthDataset(  # GROWLENGTH
+        opts.data,
+        schedule,
+        args,
+        tokens_per_batch=opts.tokens_per_batch,
+        objective=opts.objective,
+        mask_rate=opts.mask_rate,
+    )
     trainer = Trainer(
         model=model,
         args=args,

@@ -18,9 +18,15 @@ tokens whatever the length: Trainer's LR schedule over max_steps is a schedule o
 window is a target, as in `growlength train`. A micro-batch's rows come from up to `lanes` far-apart
 regions of the stream (`tokens.Loader`), as in `growlength train`.
 
-Resume: the items are a pure function of (data, seed, schedule, item index). When Trainer resumes a
-checkpoint it skips the batches of the steps already trained, which replays the loader's cursor to the
-same data position and the schedule to the same stage.
+With `objective="mlm"` (an encoder such as ModernBERT, `AutoModelForMaskedLM`) an item's rows are
+masked as `growlength train --objective mlm` masks them (mlm.py: BERT's 80/10/10 at `mask_rate`, the
+mask id the data's vocab_size), from a generator seeded by the seed and the item index; `labels` hold
+the chosen tokens' ids and -100 elsewhere, and the model's own masked-LM loss is the mean over the
+chosen tokens of the whole step (Trainer passes it their count across the accumulated micro-batches).
+
+Resume: the items (masks included) are a pure function of (data, seed, schedule, item index). When
+Trainer resumes a checkpoint it skips the batches of the steps already trained, which replays the
+loader's cursor to the same data position and the schedule to the same stage.
 
 Under torchrun / `accelerate launch` with N processes, the dataset is one stream of micro-batches and
 accelerate hands process p the p-th of every N (whether it shards the stream or dispatches from
@@ -38,12 +44,14 @@ from transformers import TrainerCallback
 from growlength.budget import check_lengths
 from growlength.config import TrainConfig
 from growlength.errors import GrowLengthError
+from growlength.mlm import mask_generator, mask_tokens
 from growlength.schedule import LengthSchedule
 from growlength.tokens import Loader, open_tokens
 
 
 class GrowLengthDataset(torch.utils.data.IterableDataset):
-    """An endless stream of micro-batches whose length follows `schedule` over `args.max_steps`."""
+    """An endless stream of micro-batches whose length follows `schedule` over `args.max_steps`: next
+    tokens to predict (objective "clm") or masked tokens to recover (objective "mlm")."""
 
     def __init__(
         self,
@@ -54,9 +62,17 @@ class GrowLengthDataset(torch.utils.data.IterableDataset):
         tokens_per_batch: int,
         block_tokens: int = TrainConfig.block_tokens,
         lanes: int = TrainConfig.lanes,
+        objective: str = TrainConfig.objective,
+        mask_rate: float = TrainConfig.mask_rate,
     ):
         _check_args(args)
-        self.tokens = open_tokens(data).train
+        if objective not in ("clm", "mlm") or not 0 < mask_rate < 1:
+            raise GrowLengthError(
+                f"objective must be clm or mlm and mask_rate in (0, 1), got {objective!r}, {mask_rate}"
+            )
+        self.objective, self.mask_rate = objective, mask_rate
+        data = open_tokens(data)
+        self.tokens, self.vocab_size = data.train, data.vocab_size
         self.schedule, self.tokens_per_batch, self.block_tokens = schedule, tokens_per_batch, block_tokens
         self.lanes = lanes
         self.max_steps, self.accum, self.seed = args.max_steps, args.gradient_accumulation_steps, args.seed
@@ -79,15 +95,28 @@ class GrowLengthDataset(torch.utils.data.IterableDataset):
         for item in itertools.count():
             seq_len = self.seq_len_at(item // self.items_per_step)
             inputs, targets = loader.next_batch(seq_len, self.rows[seq_len])
-            yield {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(targets)}
+            if self.objective == "mlm":
+                yield self._masked(torch.from_numpy(inputs), item)
+            else:
+                yield {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(targets)}
 
-    @staticmethod
-    def collate(items: list[dict]) -> dict:
-        """Trainer's data_collator: the one micro-batch (per_device_train_batch_size is 1), its labels
-        marked as already shifted (`shift_labels`), which the model's loss and Trainer's token count
-        then take as they are. Without this collator the model would shift them a second time."""
+    def _masked(self, ids_BT: torch.Tensor, item: int) -> dict:
+        inputs_BT, labels_BT = mask_tokens(
+            ids_BT,
+            rate=self.mask_rate,
+            mask_id=self.vocab_size,  # the first id after the tokenizer's, as models.model_config sets it
+            vocab_size=self.vocab_size,
+            generator=mask_generator(self.seed, item),
+        )
+        return {"input_ids": inputs_BT, "labels": labels_BT}
+
+    def collate(self, items: list[dict]) -> dict:
+        """Trainer's data_collator: the one micro-batch (per_device_train_batch_size is 1). A causal
+        item's labels are marked as already shifted (`shift_labels`), which the model's loss and
+        Trainer's token count then take as they are: without this collator the model would shift them
+        a second time. A masked item goes as it is."""
         (item,) = items
-        return {**item, "shift_labels": item["labels"]}
+        return {**item, "shift_labels": item["labels"]} if self.objective == "clm" else item
 
 
 class GrowLengthCallback(TrainerCallback):
