@@ -225,8 +225,6 @@ def _sweep_table(out: Path, names: list[str], points: list[dict], crashes: dict)
 
 def provenance() -> dict:
     """What a reader needs to trust and rerun the numbers: code, versions, machine, command."""
-    from importlib.metadata import version
-
     import numpy
     import torch
     import transformers
@@ -236,7 +234,7 @@ def provenance() -> dict:
         "git_commit": _git(repo, "rev-parse", "HEAD"),
         "git_dirty": bool(_git(repo, "status", "--porcelain", "--untracked-files=no")),
         "versions": {
-            "growlength": version("growlength"),
+            "growlength": _installed_version("growlength"),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "numpy": numpy.__version__,
@@ -249,6 +247,17 @@ def provenance() -> dict:
         "command": shlex.join(["growlength", *sys.argv[1:]]) if Path(sys.argv[0]).name == "growlength" else None,
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def _installed_version(package: str) -> str | None:
+    """The installed package's version; None when it runs from a source tree on PYTHONPATH (as the
+    device script does), where git_commit says which code ran."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _git(repo: Path, *args: str) -> str | None:

@@ -213,8 +213,10 @@ def device_for(name: str) -> torch.device:
     On the CPU, subnormal floats are flushed to zero first (see models.flush_denormals), before the
     first parallel op creates the worker threads. On CUDA, before the first allocation: expandable
     segments (lengths that change from stage to stage then reuse one growing segment instead of
-    fragmenting the cache), unless the user set the allocator's options; and TF32 for float32 matmuls
-    (what is left in fp32 under bf16 autocast)."""
+    fragmenting the cache), unless the user set the allocator's options. Float32 matmuls stay full
+    float32, not TF32: what bf16 autocast leaves in fp32 is small, and transformers 5.17 computes RoPE's
+    angles as an fp32 matmul (5.23 multiplies), which TF32 rounds to 10 bits of mantissa, so a position
+    past 2,048 would get another's angle (transformers#48428)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -231,7 +233,6 @@ def device_for(name: str) -> torch.device:
             "process per GPU (torchrun --nproc_per_node)"
         )
     torch.cuda.set_device(local_rank)
-    torch.set_float32_matmul_precision("high")
     return torch.device("cuda", local_rank)
 
 

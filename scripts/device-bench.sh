@@ -2,7 +2,7 @@
 # The GPU reference, as one prepared script for a lent H200 (the `device` tool). It uses that machine's
 # own packages: torch 2.11 and transformers 5.17 (not this project's pins, which it cannot install: no
 # package index there), tokenizers, safetensors, numpy, tqdm, pyyaml, matplotlib, tensorboard, pytest,
-# all in its image; nothing is installed. About 5 minutes, each part under its own time limit (7 in
+# all in its image; nothing is installed. About 5 minutes, each part under its own time limit (8 in
 # all at the very worst, a cold compile included), so that a rerun still fits in the 15 minutes of
 # device time.
 #
@@ -24,8 +24,10 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 DATA=runs/data-gpu
 failed() { echo "part failed or ran out of time: $1 (see its log)" | tee -a "$OUT/device.txt"; }
 
-VERSIONS="import torch, transformers as t; print('torch', torch.__version__, t.__version__, torch.cuda.get_device_name())"
-{ nvidia-smi; python3 -c "$VERSIONS"; python3 -m pip list 2>/dev/null; } > "$OUT/device.txt" 2>&1
+VERSIONS="import sys, sysconfig, torch, transformers as t; print('python', sys.version.split()[0], 'torch', \
+torch.__version__, 'transformers', t.__version__, torch.cuda.get_device_name(), 'headers', sysconfig.get_paths()['include'])"
+# (compile's Triton launcher needs a C compiler and Python's headers: both recorded)
+{ nvidia-smi; python3 -c "$VERSIONS"; command -v cc gcc; python3 -m pip list 2>/dev/null; } > "$OUT/device.txt" 2>&1
 [ -f "$DATA/meta.json" ] || failed "no $DATA: prepare it here and carry it"
 
 # 1. The GPU-only tests: bf16 + fused AdamW + peak memory + MFU, compile's graphs, the flash kernel
@@ -42,11 +44,12 @@ timeout 150 python3 -m growlength profile --model pythia-160m-8k --data "$DATA" 
   --lengths 128,1024,8192 --rounds 3 --quiet --out "$OUT/profile-compiled.json" >> "$OUT/profile.log" 2>&1 \
   || failed "profile compiled"
 
-# 3. Equal time at target 8192, bf16: the fixed-length baseline against the default schedule.
-timeout 100 python3 -m growlength bench --model pythia-160m-8k --data "$DATA" --device cuda --target-len 8192 \
+# 3. Equal time at target 8192, bf16: the fixed-length baseline against the default schedule. One
+#    checkpoint per run, at its end (each is ~1.2 GB: weights and Adam's moments).
+timeout 130 python3 -m growlength bench --model pythia-160m-8k --data "$DATA" --device cuda --target-len 8192 \
   --tokens-per-step 131072 --micro-batch-tokens 65536 --block-tokens 65536 --lr 6e-4 --budget-seconds 20 \
   --evals 3 --eval-tokens 65536 --runs fixed-target,growlength --repeats 1 --extrapolate 1024,4096,8192 \
-  --log-to none --out runs/bench-gpu --quiet > "$OUT/bench.log" 2>&1 || failed "bench"
+  --checkpoint-every 1000000 --log-to none --out runs/bench-gpu --quiet > "$OUT/bench.log" 2>&1 || failed "bench"
 cp runs/bench-gpu/bench.json "$OUT/bench.json" 2>/dev/null
 cp runs/bench-gpu/bench-loss.png "$OUT/bench.png" 2>/dev/null
 exit 0

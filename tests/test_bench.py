@@ -221,3 +221,23 @@ def test_bench_under_torchrun_is_refused_in_one_line_before_any_work(corpus, tmp
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "without torchrun" in error and "one bench per GPU" in error
     assert not out.exists()
+
+
+def test_provenance_from_a_source_tree_without_the_package_installed(monkeypatch):
+    """The device script runs growlength from its source tree on PYTHONPATH, with no installed metadata:
+    the bench still records where it came from (the commit), its version as unknown."""
+    import importlib.metadata
+
+    from growlength.bench import provenance
+
+    installed = importlib.metadata.version
+
+    def without_growlength(name):
+        if name == "growlength":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", without_growlength)
+    found = provenance()
+    assert found["versions"]["growlength"] is None and len(found["git_commit"]) == 40
+    assert found["versions"]["torch"] and found["versions"]["python"]

@@ -45,7 +45,23 @@ def test_setup_on_cuda_picks_the_gpu_fused_adamw_and_the_allocator(request, tmp_
     assert all(p.device == run.device for p in run.model.parameters())
     assert run.optimizer.defaults["fused"] is True
     assert "expandable_segments" in (os.environ.get("PYTORCH_ALLOC_CONF") or os.environ["PYTORCH_CUDA_ALLOC_CONF"])
-    assert torch.get_float32_matmul_precision() == "high"
+    assert torch.get_float32_matmul_precision() == "highest"  # no TF32: see the rotary test below
+
+
+def test_rotary_angles_stay_exact_at_long_positions(request, tmp_path):
+    """The fp32 that bf16 autocast leaves stays fp32: transformers 5.17 computes RoPE's angles as a
+    matmul, which TF32 would round to 10 bits of mantissa (position 8,191 turned into 8,192)."""
+    from growlength.train import setup
+
+    data = os.environ.get("GROWLENGTH_TEST_DATA") or request.getfixturevalue("corpus")
+    run = setup(tiny_config(data, device="cuda"), tmp_path / "run", resume=False)
+    rotary = next(m for m in run.model.modules() if type(m).__name__.endswith("RotaryEmbedding"))
+    positions = torch.arange(8192, device=run.device)[None]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        cos, _ = rotary(torch.zeros(1, device=run.device), positions)
+    angles = positions[0].cpu().double()[:, None] * rotary.inv_freq.cpu().double()
+    expected = torch.cos(torch.cat([angles, angles], dim=-1))  # transformers' layout: the angles twice
+    assert (cos[0].cpu().double() - expected).abs().max().item() < 1e-3
 
 
 @pytest.mark.parametrize("compiled", [False, True])
