@@ -297,7 +297,7 @@ def _write_json(path: Path, value) -> None:
 
 def _scale(args) -> int:
     from growlength.plots import plot_scale
-    from growlength.report import format_scale, scale_rows
+    from growlength.report import format_scale, format_trend, scale_rows, scale_trend
 
     reports = []
     for folder in args.benches:
@@ -311,10 +311,14 @@ def _scale(args) -> int:
             f"{', '.join(missing)}: bench.json without params; rerun the bench there to rewrite it"
         )
     rows = scale_rows(reports)
+    trends = scale_trend(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.json").write_text(json.dumps({"benches": args.benches, "rows": rows}, indent=2) + "\n")
+    scale = {"benches": args.benches, "rows": rows, "trends": trends}
+    (out / "scale.json").write_text(json.dumps(scale, indent=2) + "\n")
     print(format_scale(rows))
+    if trends:
+        print("\nthe trend (a least-squares line over each model's rungs):\n" + format_trend(trends))
     print(f"wrote {out / 'scale.json'} and {plot_scale(rows, out / 'scale.png')}")
     return 0
 

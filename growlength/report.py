@@ -15,6 +15,7 @@ target's, measured in the runs themselves) is the most that cheaper tokens alone
 """
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -382,6 +383,7 @@ def scale_rows(reports: list[dict]) -> list[dict]:
                     "budget_s": report["budget"]["seconds"],
                     "tokens_per_param": base["tokens"] / report["params"],
                     "recipe": recipe_of(name),
+                    "baseline": name == base_name,
                     "run": name,
                     "setting": r["setting"],
                     "speedup": r["speedup"],
@@ -396,6 +398,60 @@ def scale_rows(reports: list[dict]) -> list[dict]:
                 }
             )
     return sorted(rows, key=lambda row: (row["params"], row["tokens_per_param"], row["recipe"]))
+
+
+def scale_trend(rows: list[dict], at: tuple[float, ...] = (20, 100, 1000)) -> list[dict]:
+    """Which way the lead goes as the run grows: for each model and recipe measured at two rungs or
+    more, the least-squares line of the final loss gap (and of log speedup, over the rungs where every
+    seed reached the baseline's loss) against log10 tokens per parameter, read at each of `at`. A line
+    through a few rungs says where the trend points, not what a longer run will get: `measured` gives
+    the range it was fitted on, and a value read beyond it is a prediction."""
+    trends = []
+    for model, recipe in dict.fromkeys((r["model"], r["recipe"]) for r in rows if not r["baseline"]):
+        mine = [r for r in rows if (r["model"], r["recipe"]) == (model, recipe)]
+        if len({r["tokens_per_param"] for r in mine}) < 2:
+            continue
+        xs = [math.log10(r["tokens_per_param"]) for r in mine]
+        gap = statistics.linear_regression(xs, [r["final_gap"] for r in mine])
+        reached = [(x, math.log(r["speedup"])) for x, r in zip(xs, mine) if r["speedup"]]
+        speed = statistics.linear_regression(*zip(*reached)) if len({x for x, _ in reached}) >= 2 else None
+        trends.append(
+            {
+                "model": model,
+                "recipe": recipe,
+                "measured": [min(r["tokens_per_param"] for r in mine), max(r["tokens_per_param"] for r in mine)],
+                "rungs": len(mine),
+                "gap_per_decade": gap.slope,
+                "gap_at": {str(a): gap.intercept + gap.slope * math.log10(a) for a in at},
+                "speedup_per_decade": speed and math.exp(speed.slope),
+                "speedup_at": speed
+                and {str(a): math.exp(speed.intercept + speed.slope * math.log10(a)) for a in at},
+            }
+        )
+    return trends
+
+
+def format_trend(trends: list[dict]) -> str:
+    """scale_trend as a Markdown table; a value read beyond the measured rungs is marked "predicted"."""
+    if not trends:
+        return ""
+    at = list(trends[0]["gap_at"])
+    head = [f"gap at {a}" for a in at] + [f"speedup at {a}" for a in at]
+    lines = [
+        "| model | recipe | rungs (tokens/param) | gap per 10x tokens | " + " | ".join(head) + " |",
+        "|---" * (4 + len(head)) + "|",
+    ]
+    for t in trends:
+        low, high = t["measured"]
+        beyond = [not low <= float(a) <= high for a in at]
+        gaps = [f"{v:+.3f}" for v in t["gap_at"].values()]
+        speeds = [_factor(v) for v in (t["speedup_at"] or dict.fromkeys(at)).values()]
+        cells = [f"{c} predicted" if out and c != "—" else c for c, out in zip(gaps + speeds, beyond + beyond)]
+        rungs = f"{t['rungs']} ({low:.1f}–{high:.1f})"
+        lines.append(
+            f"| {t['model']} | {t['recipe']} | {rungs} | {t['gap_per_decade']:+.3f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
 
 
 def format_scale(rows: list[dict]) -> str:
