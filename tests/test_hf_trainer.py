@@ -75,26 +75,13 @@ def test_two_processes_train_what_one_process_trains_with_twice_the_accumulation
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in logs], abs=1e-5)
 
 
-def test_trainer_loss_is_the_mean_over_every_target_token(corpus, tmp_path):
-    """Trainer's step-1 loss equals growlength's own loss on the dataset's first two micro-batches."""
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=1,
-        per_device_train_batch_size=1,
-        gradient_accumulation_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    schedule = make_schedule("constant", start_len=128, target_len=128)
-    dataset = GrowLengthDataset(corpus, schedule, args, tokens_per_batch=1024)
-    model = build_model(model_config("tiny", vocab_size=512, eos_id=0), seed=0)
-    first, second = (dataset.collate([item]) for item, _ in zip(dataset, range(2)))
-    assert torch.equal(first["shift_labels"][:, :-1], first["input_ids"][:, 1:])  # the next tokens
-    with torch.no_grad():
-        expected = sum(lm_loss(model, b["input_ids"], b["shift_labels"]).item() for b in (first, second)) / 2
+def trainer_args(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=1, report_to="none")
+    return TrainingArguments(**{**values, "use_cpu": True, "disable_tqdm": True, **overrides})
+
+
+def first_step_loss(model, args, dataset) -> float:
+    """Trainer's logged loss of step 1, the dataset's collator and callback in place."""
     trainer = Trainer(
         model=model,
         args=args,
@@ -103,12 +90,20 @@ def test_trainer_loss_is_the_mean_over_every_target_token(corpus, tmp_path):
         callbacks=[GrowLengthCallback(dataset)],
     )
     trainer.train()
-    assert trainer.state.log_history[0]["loss"] == pytest.approx(expected, rel=1e-5)
+    return trainer.state.log_history[0]["loss"]
 
 
-def trainer_args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=1, report_to="none")
-    return TrainingArguments(**{**values, "use_cpu": True, "disable_tqdm": True, **overrides})
+def test_trainer_loss_is_the_mean_over_every_target_token(corpus, tmp_path):
+    """Trainer's step-1 loss equals growlength's own loss on the dataset's first two micro-batches."""
+    args = trainer_args(tmp_path, gradient_accumulation_steps=2, logging_steps=1, save_strategy="no")
+    schedule = make_schedule("constant", start_len=128, target_len=128)
+    dataset = GrowLengthDataset(corpus, schedule, args, tokens_per_batch=1024)
+    model = build_model(model_config("tiny", vocab_size=512, eos_id=0), seed=0)
+    first, second = (dataset.collate([item]) for item, _ in zip(dataset, range(2)))
+    assert torch.equal(first["shift_labels"][:, :-1], first["input_ids"][:, 1:])  # the next tokens
+    with torch.no_grad():
+        expected = sum(lm_loss(model, b["input_ids"], b["shift_labels"]).item() for b in (first, second)) / 2
+    assert first_step_loss(model, args, dataset) == pytest.approx(expected, rel=1e-5)
 
 
 def test_mlm_items_are_masked_as_the_seed_and_item_index_say(corpus, tmp_path):
@@ -149,15 +144,7 @@ def test_trainer_mlm_loss_is_the_mean_over_every_masked_token_of_the_step(corpus
     with torch.no_grad():
         total = sum(mlm_token_losses(model, b["input_ids"], b["labels"]).sum().item() for b in batches)
     expected = total / sum((b["labels"] != -100).sum().item() for b in batches)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=dataset.collate,
-        callbacks=[GrowLengthCallback(dataset)],
-    )
-    trainer.train()
-    assert trainer.state.log_history[0]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert first_step_loss(model, args, dataset) == pytest.approx(expected, rel=1e-5)
 
 
 def test_the_example_trains_an_encoder_and_resumes_it_exactly(corpus, tmp_path):
