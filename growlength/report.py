@@ -402,33 +402,52 @@ def scale_rows(reports: list[dict]) -> list[dict]:
 
 def scale_trend(rows: list[dict], at: tuple[float, ...] = (20, 100, 1000)) -> list[dict]:
     """Which way the lead goes as the run grows: for each model and recipe measured at two rungs or
-    more, the least-squares line of the final loss gap (and of log speedup, over the rungs where every
-    seed reached the baseline's loss) against log10 tokens per parameter, read at each of `at`. A line
-    through a few rungs says where the trend points, not what a longer run will get: `measured` gives
-    the range it was fitted on, and a value read beyond it is a prediction."""
+    more, the final loss gap (and log speedup, over the rungs where every seed reached the baseline's
+    loss) against log10 tokens per parameter, read at each of `at`: between two rungs on the line
+    joining them, beyond the last on the line through the last two (the latest trend, carried on).
+    A few rungs say where the trend points, not what a longer run will get: `measured` gives the
+    range, and a value read beyond it is a prediction."""
     trends = []
     for model, recipe in dict.fromkeys((r["model"], r["recipe"]) for r in rows if not r["baseline"]):
         mine = [r for r in rows if (r["model"], r["recipe"]) == (model, recipe)]
-        if len({r["tokens_per_param"] for r in mine}) < 2:
+        gaps = _by_rung([(r["tokens_per_param"], r["final_gap"]) for r in mine])
+        if len(gaps) < 2:
             continue
-        xs = [math.log10(r["tokens_per_param"]) for r in mine]
-        gap = statistics.linear_regression(xs, [r["final_gap"] for r in mine])
-        reached = [(x, math.log(r["speedup"])) for x, r in zip(xs, mine) if r["speedup"]]
-        speed = statistics.linear_regression(*zip(*reached)) if len({x for x, _ in reached}) >= 2 else None
+        speeds = _by_rung([(r["tokens_per_param"], math.log(r["speedup"])) for r in mine if r["speedup"]])
         trends.append(
             {
                 "model": model,
                 "recipe": recipe,
                 "measured": [min(r["tokens_per_param"] for r in mine), max(r["tokens_per_param"] for r in mine)],
-                "rungs": len(mine),
-                "gap_per_decade": gap.slope,
-                "gap_at": {str(a): gap.intercept + gap.slope * math.log10(a) for a in at},
-                "speedup_per_decade": speed and math.exp(speed.slope),
-                "speedup_at": speed
-                and {str(a): math.exp(speed.intercept + speed.slope * math.log10(a)) for a in at},
+                "rungs": len(gaps),
+                "gap_per_decade": _slope(gaps[-2], gaps[-1]),  # over the last two rungs
+                "gap_at": {str(a): _read(gaps, math.log10(a)) for a in at},
+                "speedup_at": {str(a): math.exp(_read(speeds, math.log10(a))) for a in at}
+                if len(speeds) > 1
+                else None,
             }
         )
     return trends
+
+
+def _by_rung(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(log10 tokens per parameter, mean value) per rung, in order."""
+    rungs: dict[float, list[float]] = {}
+    for tpp, value in points:
+        rungs.setdefault(math.log10(tpp), []).append(value)
+    return sorted((x, statistics.fmean(values)) for x, values in rungs.items())
+
+
+def _slope(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return (b[1] - a[1]) / (b[0] - a[0])
+
+
+def _read(points: list[tuple[float, float]], x: float) -> float:
+    """The piecewise line through the points at x: between the two around it, or beyond the ends on
+    the line through the two nearest."""
+    i = next((k for k in range(1, len(points) - 1) if x < points[k][0]), len(points) - 1)
+    a, b = points[i - 1], points[i]
+    return a[1] + _slope(a, b) * (x - a[0])
 
 
 def format_trend(trends: list[dict]) -> str:
@@ -438,7 +457,9 @@ def format_trend(trends: list[dict]) -> str:
     at = list(trends[0]["gap_at"])
     head = [f"gap at {a}" for a in at] + [f"speedup at {a}" for a in at]
     lines = [
-        "| model | recipe | rungs (tokens/param) | gap per 10x tokens | " + " | ".join(head) + " |",
+        "| model | recipe | rungs (tokens/param) | gap per 10x tokens (last two rungs) | "
+        + " | ".join(head)
+        + " |",
         "|---" * (4 + len(head)) + "|",
     ]
     for t in trends:

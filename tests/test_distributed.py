@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import CHILD_ENV, tiny_config, train_args
 
 from growlength.checkpoint import list_checkpoints
@@ -175,11 +176,13 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_unsharded(runs, tmp
 
 
 def test_accelerate_launch_runs_growlength_train(runs, tmp_path):
-    """`accelerate launch` (one process, CPU) runs the unchanged command: the same losses, bit for bit."""
+    """`accelerate launch` (one process, CPU) runs the unchanged command: the same losses, bit for bit.
+    With the threads the plain run had (torch's default here: all cores, or fewer under taskset), since
+    another thread count sums in another order."""
     single, _, _, _ = runs
     accelerate = Path(sys.executable).parent / "accelerate"
     args = [str(accelerate), "launch", "--num_processes", "1", "--cpu", "--mixed_precision", "no"]
-    args += ["--dynamo_backend", "no", "--num_cpu_threads_per_process", "2"]
+    args += ["--dynamo_backend", "no", "--num_cpu_threads_per_process", str(torch.get_num_threads())]
     args += train_args(single / "config.yaml", tmp_path / "acc")  # -m growlength train ...
     result = subprocess.run(args, capture_output=True, text=True, env=CHILD_ENV, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]

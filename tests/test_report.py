@@ -200,7 +200,7 @@ def test_scale_rows_put_each_bench_at_its_tokens_per_parameter():
     assert len(table) == 2 + 4 and "| tiny (0.00M) | 240 s | 10.0 | growlength | 2.87x (2.67, 3.08) |" in table[3]
 
 
-def test_the_trend_is_a_line_through_each_models_rungs_read_beyond_them_as_a_prediction():
+def test_the_trend_joins_each_models_rungs_and_carries_the_last_two_on_as_a_prediction():
     from growlength.report import format_trend, scale_trend
 
     def row(recipe, tpp, gap, speedup, model="tiny"):
@@ -209,18 +209,25 @@ def test_the_trend_is_a_line_through_each_models_rungs_read_beyond_them_as_a_pre
 
     rows = [row("fixed-target", t, 0.0, 1.0) for t in (1, 10, 100)]
     rows += [row("growlength", 1, -0.1, 2.0), row("growlength", 10, -0.2, 4.0), row("growlength", 100, -0.3, 8.0)]
-    rows += [row("skyladder", 1, -0.2, None), row("skyladder", 10, -0.1, 3.0), row("dd", 10, -0.1, 2.0)]
+    rows += [row("skyladder", 1, -0.2, None), row("skyladder", 10, -0.1, 3.0), row("composer", 10, -0.1, 2.0)]
+    rows += [row("dd", 1, 0.0, 2.0), row("dd", 10, 0.0, 2.0), row("dd", 100, 0.3, 2.0), row("dd", 100, 0.1, 2.0)]
     rows += [row("growlength", 5, -0.5, 1.5, model="small")]  # one rung of another size: no line
     trends = {t["recipe"]: t for t in scale_trend(rows)}
-    assert set(trends) == {"growlength", "skyladder"}  # not the baseline, not a recipe at one rung
+    assert set(trends) == {"growlength", "skyladder", "dd"}  # not the baseline, not a recipe at one rung
     grow = trends["growlength"]
     assert grow["gap_per_decade"] == pytest.approx(-0.1) and grow["measured"] == [1, 100]
     assert grow["gap_at"]["20"] == pytest.approx(-0.1 - 0.1 * math.log10(20))
     assert grow["gap_at"]["1000"] == pytest.approx(-0.4)
-    assert grow["speedup_per_decade"] == pytest.approx(2.0) and grow["speedup_at"]["1000"] == pytest.approx(16.0)
+    assert grow["speedup_at"]["1000"] == pytest.approx(16.0)
+    # a bend: read between the rungs around it, beyond on the last two (the two rows at 100 averaged)
+    dd = trends["dd"]
+    assert dd["rungs"] == 3 and dd["gap_per_decade"] == pytest.approx(0.2)
+    assert dd["gap_at"]["20"] == pytest.approx(0.2 * math.log10(2)) and dd["gap_at"]["1000"] == pytest.approx(0.4)
     assert trends["skyladder"]["gap_per_decade"] == pytest.approx(0.1)
     assert trends["skyladder"]["speedup_at"] is None  # reached at one rung only: no line through it
     table = format_trend(list(trends.values())).splitlines()
-    assert table[0].startswith("| model | recipe | rungs (tokens/param) | gap per 10x tokens | gap at 20 |")
+    assert table[0].startswith(
+        "| model | recipe | rungs (tokens/param) | gap per 10x tokens (last two rungs) | gap at 20 |"
+    )
     assert "| tiny | growlength | 3 (1.0–100.0) | -0.100 | -0.230 | -0.300 | -0.400 predicted |" in table[2]
     assert table[2].endswith("| 16.00x predicted |") and table[3].endswith("| — | — | — |")
