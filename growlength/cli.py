@@ -318,7 +318,10 @@ def _scale(args) -> int:
     (out / "scale.json").write_text(json.dumps(scale, indent=2) + "\n")
     print(format_scale(rows))
     if trends:
-        print("\nthe trend (a least-squares line over each model's rungs):\n" + format_trend(trends))
+        print(
+            "\nthe trend (between rungs on the line joining them; beyond, the last two's line):\n"
+            + format_trend(trends)
+        )
     print(f"wrote {out / 'scale.json'} and {plot_scale(rows, out / 'scale.png')}")
     return 0
 
