@@ -425,6 +425,7 @@ def scale_trend(rows: list[dict], at: tuple[float, ...] = (20, 100, 1000)) -> li
                 "speedup_at": {str(a): math.exp(_read(speeds, math.log10(a))) for a in at}
                 if len(speeds) > 1
                 else None,
+                "speedup_measured": [10 ** speeds[0][0], 10 ** speeds[-1][0]] if len(speeds) > 1 else None,
             }
         )
     return trends
@@ -464,15 +465,22 @@ def format_trend(trends: list[dict]) -> str:
     ]
     for t in trends:
         low, high = t["measured"]
-        beyond = [not low <= float(a) <= high for a in at]
-        gaps = [f"{v:+.3f}" for v in t["gap_at"].values()]
-        speeds = [_factor(v) for v in (t["speedup_at"] or dict.fromkeys(at)).values()]
-        cells = [f"{c} predicted" if out and c != "—" else c for c, out in zip(gaps + speeds, beyond + beyond)]
+        gaps = [_predicted(f"{v:+.3f}", a, t["measured"]) for a, v in t["gap_at"].items()]
+        speed_at = t["speedup_at"] or dict.fromkeys(at)
+        speeds = [_predicted(_factor(v), a, t["speedup_measured"]) for a, v in speed_at.items()]
+        cells = gaps + speeds
         rungs = f"{t['rungs']} ({low:.1f}–{high:.1f})"
         lines.append(
             f"| {t['model']} | {t['recipe']} | {rungs} | {t['gap_per_decade']:+.3f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
+
+
+def _predicted(cell: str, at: str, measured: list[float] | None) -> str:
+    """The cell, marked "predicted" where `at` lies beyond the rungs its line was read from."""
+    if measured is None or measured[0] * (1 - 1e-9) <= float(at) <= measured[1] * (1 + 1e-9):
+        return cell
+    return f"{cell} predicted"
 
 
 def format_scale(rows: list[dict]) -> str:

@@ -209,7 +209,8 @@ def test_the_trend_joins_each_models_rungs_and_carries_the_last_two_on_as_a_pred
 
     rows = [row("fixed-target", t, 0.0, 1.0) for t in (1, 10, 100)]
     rows += [row("growlength", 1, -0.1, 2.0), row("growlength", 10, -0.2, 4.0), row("growlength", 100, -0.3, 8.0)]
-    rows += [row("skyladder", 1, -0.2, None), row("skyladder", 10, -0.1, 3.0), row("composer", 10, -0.1, 2.0)]
+    rows += [row("skyladder", 1, -0.2, 2.0), row("skyladder", 10, -0.1, 3.0), row("skyladder", 100, 0.1, None)]
+    rows += [row("composer", 10, -0.1, 2.0)]
     rows += [row("dd", 1, 0.0, 2.0), row("dd", 10, 0.0, 2.0), row("dd", 100, 0.3, 2.0), row("dd", 100, 0.1, 2.0)]
     rows += [row("growlength", 5, -0.5, 1.5, model="small")]  # one rung of another size: no line
     trends = {t["recipe"]: t for t in scale_trend(rows)}
@@ -223,11 +224,14 @@ def test_the_trend_joins_each_models_rungs_and_carries_the_last_two_on_as_a_pred
     dd = trends["dd"]
     assert dd["rungs"] == 3 and dd["gap_per_decade"] == pytest.approx(0.2)
     assert dd["gap_at"]["20"] == pytest.approx(0.2 * math.log10(2)) and dd["gap_at"]["1000"] == pytest.approx(0.4)
-    assert trends["skyladder"]["gap_per_decade"] == pytest.approx(0.1)
-    assert trends["skyladder"]["speedup_at"] is None  # reached at one rung only: no line through it
+    sky = trends["skyladder"]  # never reached the baseline at 100: its speedup line ends at 10
+    assert sky["gap_per_decade"] == pytest.approx(0.2) and sky["speedup_at"]["20"] > 3.0
     table = format_trend(list(trends.values())).splitlines()
     assert table[0].startswith(
         "| model | recipe | rungs (tokens/param) | gap per 10x tokens (last two rungs) | gap at 20 |"
     )
     assert "| tiny | growlength | 3 (1.0–100.0) | -0.100 | -0.230 | -0.300 | -0.400 predicted |" in table[2]
-    assert table[2].endswith("| 16.00x predicted |") and table[3].endswith("| — | — | — |")
+    assert table[2].endswith("| 16.00x predicted |")
+    # skyladder: the gap at 20 lies between its rungs, the speedup at 20 beyond the last it reached
+    row = "| tiny | skyladder | 3 (1.0–100.0) | +0.200 | -0.040 | +0.100 | +0.300 predicted | 3.39x predicted |"
+    assert table[3].startswith(row) and table[3].endswith("| 4.50x predicted | 6.75x predicted |")
