@@ -418,37 +418,36 @@ def scale_trend(rows: list[dict], at: tuple[float, ...] = (20, 100, 1000)) -> li
             {
                 "model": model,
                 "recipe": recipe,
-                "measured": [min(r["tokens_per_param"] for r in mine), max(r["tokens_per_param"] for r in mine)],
+                "measured": [gaps[0][0], gaps[-1][0]],
                 "rungs": len(gaps),
                 "gap_per_decade": _slope(gaps[-2], gaps[-1]),  # over the last two rungs
-                "gap_at": {str(a): _read(gaps, math.log10(a)) for a in at},
-                "speedup_at": {str(a): math.exp(_read(speeds, math.log10(a))) for a in at}
-                if len(speeds) > 1
-                else None,
-                "speedup_measured": [10 ** speeds[0][0], 10 ** speeds[-1][0]] if len(speeds) > 1 else None,
+                "gap_at": {str(a): _read(gaps, a) for a in at},
+                "speedup_at": {str(a): math.exp(_read(speeds, a)) for a in at} if len(speeds) > 1 else None,
+                "speedup_measured": [speeds[0][0], speeds[-1][0]] if len(speeds) > 1 else None,
             }
         )
     return trends
 
 
 def _by_rung(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """(log10 tokens per parameter, mean value) per rung, in order."""
+    """(tokens per parameter, mean value) per rung, in order."""
     rungs: dict[float, list[float]] = {}
     for tpp, value in points:
-        rungs.setdefault(math.log10(tpp), []).append(value)
-    return sorted((x, statistics.fmean(values)) for x, values in rungs.items())
+        rungs.setdefault(tpp, []).append(value)
+    return sorted((tpp, statistics.fmean(values)) for tpp, values in rungs.items())
 
 
 def _slope(a: tuple[float, float], b: tuple[float, float]) -> float:
-    return (b[1] - a[1]) / (b[0] - a[0])
+    """The change per 10x tokens per parameter from rung a to rung b."""
+    return (b[1] - a[1]) / math.log10(b[0] / a[0])
 
 
-def _read(points: list[tuple[float, float]], x: float) -> float:
-    """The piecewise line through the points at x: between the two around it, or beyond the ends on
-    the line through the two nearest."""
-    i = next((k for k in range(1, len(points) - 1) if x < points[k][0]), len(points) - 1)
+def _read(points: list[tuple[float, float]], tpp: float) -> float:
+    """The piecewise line (in log10 tokens per parameter) through the rungs at tpp: between the two
+    around it, or beyond the ends on the line through the two nearest."""
+    i = next((k for k in range(1, len(points) - 1) if tpp < points[k][0]), len(points) - 1)
     a, b = points[i - 1], points[i]
-    return a[1] + _slope(a, b) * (x - a[0])
+    return a[1] + _slope(a, b) * math.log10(tpp / a[0])
 
 
 def format_trend(trends: list[dict]) -> str:
@@ -478,7 +477,7 @@ def format_trend(trends: list[dict]) -> str:
 
 def _predicted(cell: str, at: str, measured: list[float] | None) -> str:
     """The cell, marked "predicted" where `at` lies beyond the rungs its line was read from."""
-    if measured is None or measured[0] * (1 - 1e-9) <= float(at) <= measured[1] * (1 + 1e-9):
+    if measured is None or measured[0] <= float(at) <= measured[1]:
         return cell
     return f"{cell} predicted"
 
