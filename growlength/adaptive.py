@@ -5,14 +5,16 @@ same decisions.
 
 The rule. A length pays while the smoothed train loss falls fast enough per second. The rate at which it
 falls over the stage's first window is its opening rate r0; the rate over the last window is r. Moving
-on costs tokens/s: the next length's tokens are `speed_ratio` (< 1) times as many per second. Assuming
+on costs tokens/s: the next length's tokens are `speed_ratio` (usually < 1; near 1 between short lengths,
+where a step's fixed costs dominate) times as many per second. Assuming
 a new length opens at the rate this one opened at (new contexts to learn from) and pays for it only in
 speed, the next length would give about speed_ratio x r0 per second; so the stage ends when
 
     r < speed_ratio x r0          (or the loss stopped falling: r <= 0)
 
-Each stage's share of the budget stays within [floor, ceiling] x 1/n (n lengths), and a stage ends in
-time for every later one to get its floor, so a run always reaches the target before its end. A rate
+Each stage before the target's takes a share of the budget within [floor, ceiling] x 1/n (n lengths),
+and ends in time for every later one to get its floor, so a run always reaches the target before its
+end; the target's stage never ends and takes what remains. A rate
 is the least-squares slope of loss against seconds over the steps of a window (half the floor share of
 the budget), which averages out step-to-step noise.
 
@@ -91,9 +93,10 @@ def decide(
         return None
     share = fraction - watch.started
     equal = 1.0 / n_stages
-    latest = min(watch.started + ceiling * equal, 1.0 - remaining * floor * equal)
-    if fraction >= latest - 1e-12:
-        return f"its ceiling: {share:.3f} of the budget, the most it may take with {remaining} lengths to go"
+    if fraction >= watch.started + ceiling * equal - 1e-12:
+        return f"its ceiling: {share:.3f} of the budget, the most a length may take"
+    if fraction >= 1.0 - remaining * floor * equal - 1e-12:
+        return f"the later lengths' floors: {share:.3f} of the budget leaves {remaining} lengths their floor"
     if share < floor * equal or watch.opening_rate is None:
         return None
     rate = falling_rate(watch.points)

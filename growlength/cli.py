@@ -104,7 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval-tokens", type=int, help="val tokens per length (default: the run's)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--out", help="JSON file to write (default: CKPT/eval.json beside each checkpoint)")
-    ev.add_argument("--plot", help="PNG of perplexity against length, one line per model and mode")
+    ev.add_argument(
+        "--plot",
+        help="PNG of perplexity against length, one line per model and mode; beside it, NAME-positions.png: "
+        "the loss by position in the window, one line per model",
+    )
     ev.set_defaults(run=_eval)
 
     exp = commands.add_parser("export", help="a checkpoint as a Hugging Face model folder, tokenizer included")
@@ -256,10 +260,12 @@ def _eval(args) -> int:
     if args.out:
         _write_json(Path(args.out), reports[0] if len(reports) == 1 else reports)
     if args.plot:
-        from growlength.plots import plot_extrapolation
+        from growlength.plots import plot_eval_positions, plot_extrapolation
 
         plot_extrapolation(reports, args.plot)
-        print(f"wrote {args.plot}")
+        positions = Path(args.plot).with_name(Path(args.plot).stem + "-positions.png")
+        plot_eval_positions(reports, positions)
+        print(f"wrote {args.plot} and {positions}")
     return 0
 
 

@@ -88,7 +88,7 @@ class TrainConfig:
         0.5, "adaptive: the least share of the budget a length takes, as a multiple of the equal share 1/n"
     )
     adaptive_ceiling: float = option(
-        2.0, "adaptive: the most share of the budget a length takes, as a multiple of the equal share 1/n"
+        2.0, "adaptive: the most share of the budget a length before the target takes, as a multiple of 1/n"
     )
     auto_power: float = option(
         1.0, "auto: each length's share of the time goes as (its tokens/s over the target's) ** this; 0 = equal"

@@ -4,9 +4,10 @@ transformers), through every length schedule: the paper's second open direction.
 
 Masking as the field does it (BERT; ModernBERT raises the rate to 30%): each token is chosen with
 probability `rate`; a chosen token is replaced by the mask token 80% of the time, by a random token
-10%, and kept 10%; the loss is the cross-entropy at the chosen tokens alone. The mask is drawn from a
-generator seeded by the run's seed, the step and the micro-batch (`mask_generator`), so a resumed run
-masks exactly as the uninterrupted one, and an evaluation masks every model the same way.
+10%, and kept 10%; the loss is the cross-entropy at the chosen tokens alone. Each row's mask is drawn
+from a generator seeded by the run's seed, the step and the row's index in the step (`mask_rows`), so a
+resumed run masks exactly as the uninterrupted one, on any number of ranks and micro-batches; an
+evaluation masks every model the same way.
 
 The mask and padding tokens are the two ids after the tokenizer's (the model's embedding is padded
 to hold them: ModernBERT's padding row never trains, so it cannot be the end-of-text token);
@@ -21,7 +22,7 @@ MASK_TOKEN, PAD_TOKEN = "<|mask|>", "<|pad|>"
 
 
 def mask_generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded by the keys (seed, step, micro-batch): the same keys, the same mask."""
+    """A CPU generator seeded by the keys (seed, step, part, row): the same keys, the same mask."""
     seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
     return torch.Generator().manual_seed(seed)
 
@@ -43,6 +44,32 @@ def mask_tokens(
     return inputs_BT, labels_BT
 
 
+def mask_rows(
+    ids_BT: torch.Tensor, *keys: int, first_row: int, rate: float, mask_id: int, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """mask_tokens row by row, each row with its own generator, seeded by the keys and the row's index in
+    the whole step (`first_row` is this slice's first): a row masks the same way however the step is
+    split into micro-batches and over ranks, so a resume on another number of ranks stays exact.
+
+    >>> ids = torch.arange(64).view(4, 16)
+    >>> whole = mask_rows(ids, 0, 3, first_row=0, rate=0.3, mask_id=99, vocab_size=64)
+    >>> half = mask_rows(ids[2:], 0, 3, first_row=2, rate=0.3, mask_id=99, vocab_size=64)
+    >>> bool((whole[0][2:] == half[0]).all() and (whole[1][2:] == half[1]).all())
+    True
+    """
+    pairs = [
+        mask_tokens(
+            row_T[None],
+            rate=rate,
+            mask_id=mask_id,
+            vocab_size=vocab_size,
+            generator=mask_generator(*keys, first_row + i),
+        )
+        for i, row_T in enumerate(ids_BT)
+    ]
+    return torch.cat([inputs for inputs, _ in pairs]), torch.cat([labels for _, labels in pairs])
+
+
 def mlm_token_losses(model, inputs_BT: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:
     """Cross-entropy at every position (0 where the label is -100), in fp32, shape (B, T)."""
     logits_BTV = model(input_ids=inputs_BT).logits
@@ -50,9 +77,3 @@ def mlm_token_losses(model, inputs_BT: torch.Tensor, labels_BT: torch.Tensor) ->
         logits_BTV.float().flatten(0, 1), labels_BT.flatten(), ignore_index=-100, reduction="none"
     )
     return losses_N.view_as(labels_BT)
-
-
-def mlm_loss(model, inputs_BT: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:
-    """The mean cross-entropy over the chosen tokens."""
-    chosen = (labels_BT != -100).sum().clamp(min=1)
-    return mlm_token_losses(model, inputs_BT, labels_BT).sum() / chosen

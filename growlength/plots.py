@@ -206,6 +206,19 @@ def plot_extrapolation(reports: list[dict], out: str | Path) -> Path:
     return _save(fig, out)
 
 
+def plot_eval_positions(reports: list[dict], out: str | Path) -> Path:
+    """`eval --plot`'s second figure: each model's loss by position bucket (plain RoPE), in windows of
+    its longest trained length and of the longest length evaluated, as the bench draws its runs."""
+    runs = {}
+    for i, report in enumerate(reports):
+        name = _model_name(report["checkpoint"])
+        by_len = {
+            str(r["seq_len"]): r["loss_by_position"] for r in report["results"] if r["rope_scaling"] == "none"
+        }
+        runs[name if name not in runs else f"{name} ({i + 1})"] = {"val_loss_by_position": by_len}
+    return _plot_positions(runs, min(r["longest_trained"] for r in reports), Path(out))
+
+
 def _model_name(checkpoint: str) -> str:
     """The run folder's name for a checkpoint at RUN/checkpoints/step_N (RECIPE/repeatK for a bench's
     runs), else the folder's own."""
@@ -216,11 +229,14 @@ def _model_name(checkpoint: str) -> str:
 
 def plot_scale(rows: list[dict], out: str | Path) -> Path:
     """The scale ladder (report.scale_rows): speedup at equal time against tokens per parameter, one
-    colour per recipe, one line style per model size (the baseline is 1x); beside it, the final loss
-    gap to the baseline. A recipe with a seed that never reached the baseline's loss is an x at 1x."""
+    colour per recipe, one line style per model size (the baseline is the line at 1x: by definition, not
+    its seeds' scatter around their mean); beside it, the final loss gap to the baseline. A recipe with a
+    seed that never reached the baseline's loss is an x at 1x."""
     plt = _pyplot()
+    from matplotlib import ticker
+
     fig, (speed_ax, gap_ax) = plt.subplots(1, 2, figsize=(13, 4.8))
-    recipes = sorted({row["recipe"] for row in rows}, key=lambda r: (r != "growlength", r))
+    recipes = sorted({row["recipe"] for row in rows if not row["baseline"]}, key=lambda r: (r != "growlength", r))
     models = sorted({(row["params"], row["model"]) for row in rows})
     styles = ["o-", "s--", "^:", "D-."]
     for i, recipe in enumerate(recipes):
@@ -240,13 +256,19 @@ def plot_scale(rows: list[dict], out: str | Path) -> Path:
                 seeds = [s for s in row["speedup_each"] if s]
                 speed_ax.plot([row["tokens_per_param"]] * len(seeds), seeds, ".", ms=3, color=f"C{i}", alpha=0.6)
             gap_ax.plot(xs, [row["final_gap"] for row in mine], styles[j % 4], color=f"C{i}", label=label)
-    speed_ax.axhline(1.0, color="grey", lw=0.8)
-    gap_ax.axhline(0.0, color="grey", lw=0.8)
+    speed_ax.axhline(1.0, color="black", lw=1.2, label="fixed length (the tuned baseline)")
+    gap_ax.axhline(0.0, color="black", lw=1.2)
     for ax in (speed_ax, gap_ax):
         ax.set_xscale("log")
+        ax.axvline(20, color="grey", lw=0.8, ls=":")  # Chinchilla's compute-optimal ratio
+        ax.text(20, 1.0, " 20: Chinchilla", transform=ax.get_xaxis_transform(), va="top", fontsize=7, color="grey")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
         ax.set_xlabel("tokens per parameter (the baseline's, at equal time)")
         ax.grid(alpha=0.3, which="both")
     speed_ax.set_yscale("log", base=2)
+    speed_ax.yaxis.set_major_locator(ticker.FixedLocator([0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8]))
+    speed_ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}x"))
+    speed_ax.yaxis.set_minor_locator(ticker.NullLocator())
     speed_ax.set_ylabel("speedup to the baseline's final loss (x: a seed never reached it)")
     gap_ax.set_ylabel("final val loss minus the baseline's")
     speed_ax.legend(fontsize=7)

@@ -133,6 +133,7 @@ def versus(baseline: list[dict], reps: list[dict]) -> dict:
             r["tokens"][-1] / b["tokens"][-1] for b, r in zip(baseline, reps, strict=True)
         ],
         "tokens_per_s_by_len": _median_by_len(reps),
+        "steps_by_len": _steps_by_len(reps),
         "val_loss_by_len": _mean_by_len(reps),
         "val_loss_by_position": _mean_by_position(reps),
         "stage_jumps_each": [r.get("stage_jumps", []) for r in reps],
@@ -146,8 +147,8 @@ def versus(baseline: list[dict], reps: list[dict]) -> dict:
 def ceiling(runs: dict, target_len: int, min_steps: int = 5) -> dict | None:
     """The most that cheaper tokens alone could give on this machine: the median tokens/s of the fastest
     length at or below the target, over the target's, from every run's steps (lengths trained for at
-    least min_steps steps: a ramp's one-step lengths are noise, and the max of noise is biased up).
-    None without the target.
+    least min_steps steps over all runs: a ramp's one-step lengths are noise, and the max of noise is
+    biased up; a run without `steps_by_len` vouches for no length). None without the target.
 
     >>> run = {"tokens_per_s_by_len": {"128": 300.0, "2048": 200.0}, "steps_by_len": {"128": 9, "2048": 9}}
     >>> ceiling({"a": run}, 2048)
@@ -158,7 +159,7 @@ def ceiling(runs: dict, target_len: int, min_steps: int = 5) -> dict | None:
     for r in runs.values():
         for seq_len, speed in r.get("tokens_per_s_by_len", {}).items():
             merged.setdefault(int(seq_len), []).append(speed)
-            steps[int(seq_len)] = steps.get(int(seq_len), 0) + r.get("steps_by_len", {}).get(seq_len, min_steps)
+            steps[int(seq_len)] = steps.get(int(seq_len), 0) + r.get("steps_by_len", {}).get(seq_len, 0)
     merged = {n: v for n, v in merged.items() if steps[n] >= min_steps}
     by_len = {n: statistics.median(v) for n, v in sorted(merged.items()) if n <= target_len}
     if target_len not in by_len:
@@ -389,6 +390,7 @@ def scale_rows(reports: list[dict]) -> list[dict]:
                     "speedup": r["speedup"],
                     "speedup_each": [s and s["at"] for s in r["speedup_each"]],
                     "speedup_low": min((s["low"] for s in r["speedup_each"] if s), default=None),
+                    "speedup_high": _highest(r["speedup_each"]),
                     "learning": r["token_gain"],
                     "cheaper_tokens": r.get("cheaper_tokens"),
                     "final_gap": r["final_val_loss"] - base["final_val_loss"],
@@ -400,13 +402,22 @@ def scale_rows(reports: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda row: (row["params"], row["tokens_per_param"], row["recipe"]))
 
 
+def _highest(each: list[dict | None]) -> float | None:
+    """The upper end of the seeds' brackets: None where a seed has none (it crossed before its first
+    evaluation after the start, or never)."""
+    highs = [s and s["high"] for s in each]
+    return None if not highs or None in highs else max(highs)
+
+
 def scale_trend(rows: list[dict], at: tuple[float, ...] = (20, 100, 1000)) -> list[dict]:
     """Which way the lead goes as the run grows: for each model and recipe measured at two rungs or
     more, the final loss gap (and log speedup, over the rungs where every seed reached the baseline's
     loss) against log10 tokens per parameter, read at each of `at`: between two rungs on the line
     joining them, beyond the last on the line through the last two (the latest trend, carried on).
     A few rungs say where the trend points, not what a longer run will get: `measured` gives the
-    range, and a value read beyond it is a prediction."""
+    range, and a value read beyond it is a prediction. Where the gap read is above 0 the recipe ends
+    above the baseline's final loss, so it never reaches it: the speedup there is None, not a line's
+    value."""
     trends = []
     for model, recipe in dict.fromkeys((r["model"], r["recipe"]) for r in rows if not r["baseline"]):
         mine = [r for r in rows if (r["model"], r["recipe"]) == (model, recipe)]
@@ -414,6 +425,9 @@ def scale_trend(rows: list[dict], at: tuple[float, ...] = (20, 100, 1000)) -> li
         if len(gaps) < 2:
             continue
         speeds = _by_rung([(r["tokens_per_param"], math.log(r["speedup"])) for r in mine if r["speedup"]])
+        gap_at = {str(a): _read(gaps, a) for a in at}
+        # where the recipe ends above the baseline's final loss it never reaches it: no speedup there
+        speedup_at = {str(a): None if gap_at[str(a)] > 0 else math.exp(_read(speeds, a)) for a in at}
         trends.append(
             {
                 "model": model,
@@ -421,8 +435,8 @@ def scale_trend(rows: list[dict], at: tuple[float, ...] = (20, 100, 1000)) -> li
                 "measured": [gaps[0][0], gaps[-1][0]],
                 "rungs": len(gaps),
                 "gap_per_decade": _slope(gaps[-2], gaps[-1]),  # over the last two rungs
-                "gap_at": {str(a): _read(gaps, a) for a in at},
-                "speedup_at": {str(a): math.exp(_read(speeds, a)) for a in at} if len(speeds) > 1 else None,
+                "gap_at": gap_at,
+                "speedup_at": speedup_at if len(speeds) > 1 else None,
                 "speedup_measured": [speeds[0][0], speeds[-1][0]] if len(speeds) > 1 else None,
             }
         )
@@ -466,7 +480,12 @@ def format_trend(trends: list[dict]) -> str:
         low, high = t["measured"]
         gaps = [_predicted(f"{v:+.3f}", a, t["measured"]) for a, v in t["gap_at"].items()]
         speed_at = t["speedup_at"] or dict.fromkeys(at)
-        speeds = [_predicted(_factor(v), a, t["speedup_measured"]) for a, v in speed_at.items()]
+        speeds = [
+            _predicted("not reached", a, t["measured"])
+            if t["gap_at"][a] > 0
+            else _predicted(_factor(v), a, t["speedup_measured"])
+            for a, v in speed_at.items()
+        ]
         cells = gaps + speeds
         rungs = f"{t['rungs']} ({low:.1f}–{high:.1f})"
         lines.append(
@@ -485,13 +504,15 @@ def _predicted(cell: str, at: str, measured: list[float] | None) -> str:
 def format_scale(rows: list[dict]) -> str:
     """The scale ladder as a Markdown table, one row per size, budget and recipe."""
     lines = [
-        "| model (params) | budget | tokens/param | recipe | speedup (seeds) | = learning | x cheaper tokens "
-        "| final loss vs baseline | tokens |",
+        "| model (params) | budget | tokens/param | recipe | speedup [bracket] (seeds) | = learning "
+        "| x cheaper tokens | final loss vs baseline | tokens |",
         "|---" * 9 + "|",
     ]
     for row in rows:
         seeds = ", ".join("—" if s is None else f"{s:.2f}" for s in row["speedup_each"])
-        speed = f"{row['speedup']:.2f}x ({seeds})" if row["speedup"] else f"not reached ({seeds})"
+        high = "inf" if row["speedup_high"] is None else f"{row['speedup_high']:.2f}"
+        bracket = f" [{row['speedup_low']:.2f}-{high}]" if row["speedup"] else ""
+        speed = f"{row['speedup']:.2f}x{bracket} ({seeds})" if row["speedup"] else f"not reached ({seeds})"
         size = f"{row['model']} ({row['params'] / 1e6:.2f}M)"
         cells = [
             size,

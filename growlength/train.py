@@ -13,7 +13,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from growlength.evaluate import val_losses
 from growlength.files import WriteFailed, sole_writer, writing
 from growlength.flops import device_name, flops_per_token, peak_flops
 from growlength.loss import bound_logits, lm_loss
-from growlength.mlm import mask_generator, mask_tokens, mlm_loss
+from growlength.mlm import mask_rows, mlm_token_losses
 from growlength.models import build_model, compile_model, compile_stats, count_params, eager, set_rope
 from growlength.preflight import (
     Preflight,
@@ -271,6 +271,7 @@ def train_step(run: Run, shape: StepShape, started: float, ahead: bool = True) -
     or `ahead` is off: profile's steps follow no schedule); then wait for the loss.
     Returns the mean loss and the LR used."""
     parts_BT1 = take_batch(run, shape)  # per part of the step, rows of its inputs and, one token on, targets
+    masked = step_masks(run, shape, parts_BT1) if run.cfg.objective == "mlm" else None
     total = torch.zeros((), device=run.device)
     micro = 0  # over every part: gradients are reduced in the step's last micro-batch
     for part, rows_BT1 in zip(shape.parts, parts_BT1, strict=True):
@@ -279,8 +280,9 @@ def train_step(run: Run, shape: StepShape, started: float, ahead: bool = True) -
             # Weight by tokens so each micro-batch counts for what it holds: the sum is the step's mean.
             weight = host_BT1[:, 1:].numel() / (shape.tokens // run.world.size)
             with dist.no_sync(run.model, micro, shape.micro_batches), run.autocast():
-                if run.cfg.objective == "mlm":  # masked on the host (seeded), then sent
-                    loss = _masked_loss(run, host_BT1[:, :-1], micro) * weight
+                if masked is not None:  # masked on the host (seeded), then sent
+                    inputs_BT, labels_BT = (t.to(run.device) for t in masked.micro[micro])
+                    loss = mlm_token_losses(run.model, inputs_BT, labels_BT).sum() * masked.scale
                 else:
                     micro_BT1 = host_BT1.to(run.device, non_blocking=True)
                     position_ids = _doc_positions(run, host_BT1[:, :-1])
@@ -306,17 +308,35 @@ def train_step(run: Run, shape: StepShape, started: float, ahead: bool = True) -
     return loss, lr
 
 
-def _masked_loss(run: Run, ids_BT: torch.Tensor, micro: int) -> torch.Tensor:
-    """--objective mlm: the micro-batch's rows masked as the seed, step and micro-batch say (mlm.py),
-    and the loss at the masked tokens."""
-    inputs_BT, labels_BT = mask_tokens(
-        ids_BT,
-        rate=run.cfg.mask_rate,
-        mask_id=run.data.vocab_size,
-        vocab_size=run.data.vocab_size,
-        generator=mask_generator(run.cfg.seed, run.progress.step, micro, run.world.rank),
-    )
-    return mlm_loss(run.model, inputs_BT.to(run.device), labels_BT.to(run.device))
+@dataclass
+class StepMasks:
+    micro: list[tuple[torch.Tensor, torch.Tensor]]  # (inputs, labels) of each micro-batch, in order
+    scale: float  # ranks / the step's masked tokens on all ranks: the summed losses make their mean
+
+
+def step_masks(run: Run, shape: StepShape, parts_BT1: list[torch.Tensor]) -> StepMasks:
+    """--objective mlm: every micro-batch's rows masked as the seed, the step, the part and each row's
+    index in the step say (mlm.mask_rows), and the scale that makes the step's loss the mean over all
+    its masked tokens on every rank together (DDP averages the ranks' gradients: hence x ranks). One
+    small collective per step; the step is then the same however it is split over micro-batches and
+    ranks, as HF Trainer does with `num_items_in_batch`."""
+    micro = []
+    for part_index, (part, rows_BT1) in enumerate(zip(shape.parts, parts_BT1, strict=True)):
+        for first in range(0, len(rows_BT1), part.micro_rows):
+            micro.append(
+                mask_rows(
+                    rows_BT1[first : first + part.micro_rows, :-1],
+                    run.cfg.seed,
+                    run.progress.step,
+                    part_index,
+                    first_row=run.world.rank * len(rows_BT1) + first,  # this rank's rows follow the lower ranks'
+                    rate=run.cfg.mask_rate,
+                    mask_id=run.data.vocab_size,
+                    vocab_size=run.data.vocab_size,
+                )
+            )
+    chosen = dist.sum_over_ranks(float(sum(int((labels_BT != -100).sum()) for _, labels_BT in micro)))
+    return StepMasks(micro, run.world.size / max(chosen, 1.0))
 
 
 def take_batch(run: Run, shape: StepShape) -> list[torch.Tensor]:

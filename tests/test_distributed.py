@@ -188,3 +188,36 @@ def test_accelerate_launch_runs_growlength_train(runs, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done: step 12" in result.stdout
     assert losses(tmp_path / "acc") == losses(single)
+
+
+def test_an_encoder_on_two_ranks_masks_and_trains_as_one_process(corpus, tmp_path):
+    """--objective mlm: each row's mask is seeded by its index in the step, not by the rank, so 2 ranks
+    train exactly what 1 process trains (and a resume may change the number of ranks)."""
+    cfg = tiny_config(corpus, model="modernbert-tiny", objective="mlm", budget_steps=6, evals=1, eval_tokens=1024)
+    save_config(cfg, tmp_path / "config.yaml")
+    one = subprocess.run(
+        [sys.executable, *train_args(tmp_path / "config.yaml", tmp_path / "one")],
+        env=CHILD_ENV,
+        capture_output=True,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(tmp_path / "config.yaml", tmp_path / "two", 2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    single, double = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [r[:3] for r in single] == [r[:3] for r in double] and len({r[1] for r in single}) == 3
+    assert all(abs(a[3] - b[3]) < 1e-4 for a, b in zip(single, double, strict=True))
+
+
+def test_adaptive_changes_length_on_the_same_step_on_every_rank(corpus, tmp_path):
+    """--schedule adaptive decides from timed rates, which differ by rank: rank 0's decision is broadcast,
+    so both ranks train every step at the same length, and the run reaches the target."""
+    cfg = tiny_config(
+        corpus, schedule="adaptive", start_len=32, budget_steps=40, evals=1, eval_tokens=1024, adaptive_floor=0.2
+    )
+    save_config(cfg, tmp_path / "config.yaml")
+    result = torchrun(tmp_path / "config.yaml", tmp_path / "run", 2, script=RECORD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rank0, rank1 = batches(tmp_path / "run", 0), batches(tmp_path / "run", 1)
+    assert len(rank0) == len(rank1) == 40
+    assert [b.shape for b in rank0] == [b.shape for b in rank1]
+    assert rank0[0].shape[1] == 32 and rank0[-1].shape[1] == 256

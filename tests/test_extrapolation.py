@@ -106,6 +106,7 @@ def test_eval_compares_models_and_modes_in_one_plot(run, tmp_path, capsys):
     ]
     assert reports[0]["results"][2]["rope_factor"] == 2.0  # default: 512 / 256
     assert (tmp_path / "ext.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "ext-positions.png").read_bytes()[:4] == b"\x89PNG"  # loss by position, per model
     assert "yarn x2" in capsys.readouterr().out
 
 

@@ -97,3 +97,31 @@ def test_fsdp_units_keep_the_tied_embeddings_with_the_head():
     assert (
         model.config.pad_token_id == 513 and model.config.mask_token_id == 512 and model.config.vocab_size == 576
     )
+
+
+@pytest.mark.parametrize(
+    ("schedule", "extra"),
+    [
+        ("linear", {"tokens_per_step": 1536}),  # 64, 128, 192, 256 all divide it
+        ("root", {"tokens_per_step": 1536}),
+        ("constant", {}),
+        ("stages", {"stages": "64:0.5,256:0.5"}),
+        ("deepspeed", {"multiple": 8, "batch_policy": "truncate"}),  # as the peers' recipes
+        ("linear", {"multiple": 1, "batch_policy": "windows"}),  # SkyLadder's windows
+        ("dd", {}),
+        ("auto", {}),
+        ("adaptive", {}),
+    ],
+)
+def test_every_schedule_trains_an_encoder(corpus, tmp_path, schedule, extra):
+    """Masking sits below the schedule: each one trains an encoder to the target, loss finite and falling."""
+    cfg = mlm_config(corpus, schedule=schedule, budget_steps=10, **extra)
+    train(cfg, tmp_path / "run", show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert len(steps) == 10 and all(0 < r["loss"] < 20 for r in steps)
+    lengths = [r["seq_len"] for r in steps]
+    assert set(lengths) <= {64, 128, 256} if schedule == "dd" else lengths[-1] == 256  # dd draws a bucket a step
+    assert schedule == "constant" or min(lengths) < 256
+    evals = [r for r in records if "val_loss" in r]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]

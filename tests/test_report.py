@@ -122,12 +122,20 @@ def test_the_ceiling_is_the_fastest_lengths_tokens_per_s_over_the_targets():
     from growlength.report import ceiling
 
     runs = {
-        "fixed-target": {"tokens_per_s_by_len": {"256": 100.0}},
-        "growlength": {"tokens_per_s_by_len": {"64": 150.0, "128": 180.0, "256": 110.0, "512": 400.0}},
+        "fixed-target": {"tokens_per_s_by_len": {"256": 100.0}, "steps_by_len": {"256": 9}},
+        "growlength": {
+            "tokens_per_s_by_len": {"32": 900.0, "64": 150.0, "128": 180.0, "256": 110.0, "512": 400.0},
+            "steps_by_len": {"32": 1, "64": 5, "128": 3, "256": 3, "512": 3},
+        },
+        "ramp": {"tokens_per_s_by_len": {"128": 170.0, "40": 999.0}, "steps_by_len": {"128": 2, "40": 4}},
     }
     limit = ceiling(runs, 256)
-    assert limit["fastest_len"] == 128 and limit["speedup"] == pytest.approx(180 / 105)  # median 105 at 256
-    assert ceiling({"x": {"tokens_per_s_by_len": {"64": 1.0}}}, 256) is None
+    # 32 (one step) and 40 (four) are too few steps to trust; 128 has 5 over two runs; median 105 at 256
+    assert limit["fastest_len"] == 128 and limit["speedup"] == pytest.approx(175 / 105)
+    assert set(limit["tokens_per_s_by_len"]) == {"64", "128", "256"}
+    assert ceiling({"x": {"tokens_per_s_by_len": {"64": 1.0}, "steps_by_len": {"64": 9}}}, 256) is None
+    no_counts = {n: {"tokens_per_s_by_len": r["tokens_per_s_by_len"]} for n, r in runs.items()}
+    assert ceiling(no_counts, 256) is None  # steps unknown: no length is vouched for
 
 
 def test_positions_table_averages_each_bucket_over_the_seeds():
@@ -197,7 +205,10 @@ def test_scale_rows_put_each_bench_at_its_tokens_per_parameter():
     assert rows[0]["tokens_per_param"] == pytest.approx(20_000 / 2000)  # the baseline's tokens over the parameters
     assert rows[1]["speedup"] == pytest.approx(versus(BASE, fast)["speedup"]) and rows[1]["final_gap"] < 0
     table = format_scale(rows).splitlines()
-    assert len(table) == 2 + 4 and "| tiny (0.00M) | 240 s | 10.0 | growlength | 2.87x (2.67, 3.08) |" in table[3]
+    assert (
+        len(table) == 2 + 4
+        and "| tiny (0.00M) | 240 s | 10.0 | growlength | 2.87x [2.00-4.00] (2.67, 3.08) |" in table[3]
+    )
 
 
 def test_the_trend_joins_each_models_rungs_and_carries_the_last_two_on_as_a_prediction():
@@ -234,4 +245,6 @@ def test_the_trend_joins_each_models_rungs_and_carries_the_last_two_on_as_a_pred
     assert table[2].endswith("| 16.00x predicted |")
     # skyladder: the gap at 20 lies between its rungs, the speedup at 20 beyond the last it reached
     row = "| tiny | skyladder | 3 (1.0–100.0) | +0.200 | -0.040 | +0.100 | +0.300 predicted | 3.39x predicted |"
-    assert table[3].startswith(row) and table[3].endswith("| 4.50x predicted | 6.75x predicted |")
+    # ... and where its gap is above 0 it ends above the baseline's loss: never reached, whatever a line says
+    assert sky["speedup_at"]["100"] is None and sky["speedup_at"]["1000"] is None
+    assert table[3].startswith(row) and table[3].endswith("| not reached | not reached predicted |")
