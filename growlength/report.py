@@ -369,9 +369,12 @@ def scale_rows(reports: list[dict]) -> list[dict]:
     baseline's tokens over the parameters), and what the recipe gains there at equal time: speedup
     with its seeds and bracket, its split into learning and cheaper tokens, the final loss gap to the
     baseline and its tokens. Rows sorted by model size, then tokens per parameter."""
+    corpora = {_corpus(report) for report in reports}
     rows = []
     for report in reports:
         runs = report["runs"]
+        # one model on two corpora is two ladders: never one trend line
+        model = report["model"] if len(corpora) == 1 else f"{report['model']} on {_corpus(report)}"
         base_name = next(n for n in runs if recipe_of(n) == report["baseline"])
         base = runs[base_name]
         for name, r in runs.items():
@@ -379,7 +382,7 @@ def scale_rows(reports: list[dict]) -> list[dict]:
                 continue
             rows.append(
                 {
-                    "model": report["model"],
+                    "model": model,
                     "params": report["params"],
                     "budget_s": report["budget"]["seconds"],
                     "tokens_per_param": base["tokens"] / report["params"],
@@ -399,7 +402,12 @@ def scale_rows(reports: list[dict]) -> list[dict]:
                     "ceiling": (report.get("ceiling") or {}).get("speedup"),
                 }
             )
-    return sorted(rows, key=lambda row: (row["params"], row["tokens_per_param"], row["recipe"]))
+    return sorted(rows, key=lambda row: (row["params"], row["model"], row["tokens_per_param"], row["recipe"]))
+
+
+def _corpus(report: dict) -> str:
+    """The prepared data a bench trained on, by its folder's name ('shakespeare' for the default)."""
+    return Path(str(report.get("config", {}).get("data", "shakespeare"))).name
 
 
 def _highest(each: list[dict | None]) -> float | None:

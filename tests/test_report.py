@@ -204,6 +204,11 @@ def test_scale_rows_put_each_bench_at_its_tokens_per_parameter():
     ]
     assert rows[0]["tokens_per_param"] == pytest.approx(20_000 / 2000)  # the baseline's tokens over the parameters
     assert rows[1]["speedup"] == pytest.approx(versus(BASE, fast)["speedup"]) and rows[1]["final_gap"] < 0
+    # the same model on another corpus is another ladder, named apart; one corpus keeps the bare name
+    other = {**bench_report(2000, 60, BASE), "config": {"data": "runs/data-linux"}}
+    models = {r["model"] for r in scale_rows([bench_report(2000, 240, fast), other])}
+    assert models == {"tiny on shakespeare", "tiny on data-linux"}
+    assert {r["model"] for r in rows} == {"tiny"}
     table = format_scale(rows).splitlines()
     assert (
         len(table) == 2 + 4
