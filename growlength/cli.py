@@ -263,9 +263,10 @@ def _eval(args) -> int:
         from growlength.plots import plot_eval_positions, plot_extrapolation
 
         plot_extrapolation(reports, args.plot)
-        positions = Path(args.plot).with_name(Path(args.plot).stem + "-positions.png")
-        plot_eval_positions(reports, positions)
-        print(f"wrote {args.plot} and {positions}")
+        positions = plot_eval_positions(
+            reports, Path(args.plot).with_name(Path(args.plot).stem + "-positions.png")
+        )
+        print(f"wrote {args.plot}" + (f" and {positions}" if positions else ""))
     return 0
 
 

@@ -4,10 +4,11 @@ transformers), through every length schedule: the paper's second open direction.
 
 Masking as the field does it (BERT; ModernBERT raises the rate to 30%): each token is chosen with
 probability `rate`; a chosen token is replaced by the mask token 80% of the time, by a random token
-10%, and kept 10%; the loss is the cross-entropy at the chosen tokens alone. Each row's mask is drawn
-from a generator seeded by the run's seed, the step and the row's index in the step (`mask_rows`), so a
-resumed run masks exactly as the uninterrupted one, on any number of ranks and micro-batches; an
-evaluation masks every model the same way.
+10%, and kept 10%; the loss is the cross-entropy at the chosen tokens alone. Each part of a step is
+masked from one draw for all its rows, seeded by the run's seed, the step and the part, each row taking
+the draw at its index in the step (`mask_rows`), so a resumed run masks exactly as the uninterrupted
+one, on any number of ranks and micro-batches (not under `--batch-policy megatron`, whose rows are cut
+per micro-batch); an evaluation masks every model with the same micro-batch size the same way.
 
 The mask and padding tokens are the two ids after the tokenizer's (the model's embedding is padded
 to hold them: ModernBERT's padding row never trains, so it cannot be the end-of-text token);
@@ -22,7 +23,7 @@ MASK_TOKEN, PAD_TOKEN = "<|mask|>", "<|pad|>"
 
 
 def mask_generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded by the keys (seed, step, part, row): the same keys, the same mask."""
+    """A CPU generator seeded by the keys (seed, step, part): the same keys, the same mask."""
     seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
     return torch.Generator().manual_seed(seed)
 
@@ -33,41 +34,41 @@ def mask_tokens(
     """(inputs, labels) of an MLM step: labels are the chosen tokens' ids and -100 elsewhere; inputs
     have 80% of the chosen tokens replaced by mask_id, 10% by a random id below vocab_size, 10% kept."""
     draw_BT = torch.rand(ids_BT.shape, generator=generator)
+    random_ids_BT = torch.randint(0, vocab_size, ids_BT.shape, generator=generator)
+    return _masked(ids_BT, draw_BT, random_ids_BT, rate=rate, mask_id=mask_id)
+
+
+def mask_rows(
+    ids_BT: torch.Tensor, *keys: int, first_row: int, rows: int, rate: float, mask_id: int, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """mask_tokens for rows first_row .. first_row + len(ids_BT) of a part of a step that has `rows`
+    rows in all (over every rank): the whole part's draws come from one generator seeded by the keys
+    (seed, step, part) and each slice takes its own rows of them, so a row masks the same way however
+    the step is split into micro-batches and over ranks, and a resume on another number of ranks stays
+    exact. Every rank draws the whole part (two numbers a token: a few ms at 512K tokens).
+
+    >>> ids = torch.arange(64).view(4, 16)
+    >>> whole = mask_rows(ids, 0, 3, first_row=0, rows=4, rate=0.3, mask_id=99, vocab_size=64)
+    >>> half = mask_rows(ids[2:], 0, 3, first_row=2, rows=4, rate=0.3, mask_id=99, vocab_size=64)
+    >>> bool((whole[0][2:] == half[0]).all() and (whole[1][2:] == half[1]).all())
+    True
+    """
+    generator, shape = mask_generator(*keys), (rows, ids_BT.shape[1])
+    mine = slice(first_row, first_row + len(ids_BT))
+    draw_BT = torch.rand(shape, generator=generator)[mine]
+    random_ids_BT = torch.randint(0, vocab_size, shape, generator=generator)[mine]
+    return _masked(ids_BT, draw_BT, random_ids_BT, rate=rate, mask_id=mask_id)
+
+
+def _masked(ids_BT, draw_BT, random_ids_BT, *, rate: float, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     chosen_BT = draw_BT < rate
     labels_BT = torch.where(chosen_BT, ids_BT, torch.full_like(ids_BT, -100))
     # within the chosen, the same draw decides: the first 80% of [0, rate) masks, the next 10% randomises
     masked_BT = draw_BT < 0.8 * rate
     randomised_BT = chosen_BT & ~masked_BT & (draw_BT < 0.9 * rate)
-    random_ids_BT = torch.randint(0, vocab_size, ids_BT.shape, generator=generator)
     inputs_BT = torch.where(masked_BT, torch.full_like(ids_BT, mask_id), ids_BT)
     inputs_BT = torch.where(randomised_BT, random_ids_BT, inputs_BT)
     return inputs_BT, labels_BT
-
-
-def mask_rows(
-    ids_BT: torch.Tensor, *keys: int, first_row: int, rate: float, mask_id: int, vocab_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """mask_tokens row by row, each row with its own generator, seeded by the keys and the row's index in
-    the whole step (`first_row` is this slice's first): a row masks the same way however the step is
-    split into micro-batches and over ranks, so a resume on another number of ranks stays exact.
-
-    >>> ids = torch.arange(64).view(4, 16)
-    >>> whole = mask_rows(ids, 0, 3, first_row=0, rate=0.3, mask_id=99, vocab_size=64)
-    >>> half = mask_rows(ids[2:], 0, 3, first_row=2, rate=0.3, mask_id=99, vocab_size=64)
-    >>> bool((whole[0][2:] == half[0]).all() and (whole[1][2:] == half[1]).all())
-    True
-    """
-    pairs = [
-        mask_tokens(
-            row_T[None],
-            rate=rate,
-            mask_id=mask_id,
-            vocab_size=vocab_size,
-            generator=mask_generator(*keys, first_row + i),
-        )
-        for i, row_T in enumerate(ids_BT)
-    ]
-    return torch.cat([inputs for inputs, _ in pairs]), torch.cat([labels for _, labels in pairs])
 
 
 def mlm_token_losses(model, inputs_BT: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:

@@ -123,9 +123,8 @@ def _plot_positions(runs: dict, target_len: int, out: Path) -> Path:
     """Each recipe's final loss by position bucket, at the target and at the longest length evaluated
     (beyond the target: extrapolation), one point per bucket at its last position."""
     plt = _pyplot()
-    windows = sorted(
-        {int(n) for run in runs.values() for n in run["val_loss_by_position"] if int(n) >= target_len}
-    )
+    evaluated = sorted({int(n) for run in runs.values() for n in run["val_loss_by_position"]})
+    windows = [n for n in evaluated if n >= target_len] or evaluated[-1:]  # else the longest there is
     windows = [windows[0], windows[-1]] if len(windows) > 1 else windows
     fig, axes = plt.subplots(1, len(windows), figsize=(6.5 * len(windows), 4.5), squeeze=False)
     for ax, window in zip(axes[0], windows, strict=True):
@@ -206,16 +205,20 @@ def plot_extrapolation(reports: list[dict], out: str | Path) -> Path:
     return _save(fig, out)
 
 
-def plot_eval_positions(reports: list[dict], out: str | Path) -> Path:
+def plot_eval_positions(reports: list[dict], out: str | Path) -> Path | None:
     """`eval --plot`'s second figure: each model's loss by position bucket (plain RoPE), in windows of
-    its longest trained length and of the longest length evaluated, as the bench draws its runs."""
+    its longest trained length and of the longest length evaluated (or, with none that long, the
+    longest evaluated), as the bench draws its runs. None when no plain-RoPE length was evaluated."""
     runs = {}
     for i, report in enumerate(reports):
         name = _model_name(report["checkpoint"])
         by_len = {
             str(r["seq_len"]): r["loss_by_position"] for r in report["results"] if r["rope_scaling"] == "none"
         }
-        runs[name if name not in runs else f"{name} ({i + 1})"] = {"val_loss_by_position": by_len}
+        if by_len:
+            runs[name if name not in runs else f"{name} ({i + 1})"] = {"val_loss_by_position": by_len}
+    if not runs:
+        return None
     return _plot_positions(runs, min(r["longest_trained"] for r in reports), Path(out))
 
 
@@ -266,7 +269,7 @@ def plot_scale(rows: list[dict], out: str | Path) -> Path:
         ax.set_xlabel("tokens per parameter (the baseline's, at equal time)")
         ax.grid(alpha=0.3, which="both")
     speed_ax.set_yscale("log", base=2)
-    speed_ax.yaxis.set_major_locator(ticker.FixedLocator([0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8]))
+    speed_ax.yaxis.set_major_locator(ticker.FixedLocator([0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32]))
     speed_ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}x"))
     speed_ax.yaxis.set_minor_locator(ticker.NullLocator())
     speed_ax.set_ylabel("speedup to the baseline's final loss (x: a seed never reached it)")

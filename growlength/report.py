@@ -146,21 +146,19 @@ def versus(baseline: list[dict], reps: list[dict]) -> dict:
 
 def ceiling(runs: dict, target_len: int, min_steps: int = 5) -> dict | None:
     """The most that cheaper tokens alone could give on this machine: the median tokens/s of the fastest
-    length at or below the target, over the target's, from every run's steps (lengths trained for at
-    least min_steps steps over all runs: a ramp's one-step lengths are noise, and the max of noise is
-    biased up; a run without `steps_by_len` vouches for no length). None without the target.
+    length at or below the target, over the target's, each the median over the runs that trained at it
+    for at least min_steps steps (its seeds together): a ramp's one-step lengths are noise, and the max
+    of noise is biased up; a run without `steps_by_len` vouches for no length. None without the target.
 
     >>> run = {"tokens_per_s_by_len": {"128": 300.0, "2048": 200.0}, "steps_by_len": {"128": 9, "2048": 9}}
     >>> ceiling({"a": run}, 2048)
     {'speedup': 1.5, 'fastest_len': 128, 'tokens_per_s_by_len': {'128': 300.0, '2048': 200.0}}
     """
     merged: dict[int, list[float]] = {}
-    steps: dict[int, int] = {}
     for r in runs.values():
         for seq_len, speed in r.get("tokens_per_s_by_len", {}).items():
-            merged.setdefault(int(seq_len), []).append(speed)
-            steps[int(seq_len)] = steps.get(int(seq_len), 0) + r.get("steps_by_len", {}).get(seq_len, 0)
-    merged = {n: v for n, v in merged.items() if steps[n] >= min_steps}
+            if r.get("steps_by_len", {}).get(seq_len, 0) >= min_steps:
+                merged.setdefault(int(seq_len), []).append(speed)
     by_len = {n: statistics.median(v) for n, v in sorted(merged.items()) if n <= target_len}
     if target_len not in by_len:
         return None
@@ -423,9 +421,9 @@ def scale_trend(rows: list[dict], at: tuple[float, ...] = (20, 100, 1000)) -> li
     loss) against log10 tokens per parameter, read at each of `at`: between two rungs on the line
     joining them, beyond the last on the line through the last two (the latest trend, carried on).
     A few rungs say where the trend points, not what a longer run will get: `measured` gives the
-    range, and a value read beyond it is a prediction. Where the gap read is above 0 the recipe ends
-    above the baseline's final loss, so it never reaches it: the speedup there is None, not a line's
-    value."""
+    range, and a value read beyond it is a prediction. Beyond the last rung where it reached the
+    baseline's loss, where the gap read is above 0 the recipe is read to end above the baseline's final
+    loss, so not to reach it: the speedup there is None, not a line's value."""
     trends = []
     for model, recipe in dict.fromkeys((r["model"], r["recipe"]) for r in rows if not r["baseline"]):
         mine = [r for r in rows if (r["model"], r["recipe"]) == (model, recipe)]
@@ -434,8 +432,14 @@ def scale_trend(rows: list[dict], at: tuple[float, ...] = (20, 100, 1000)) -> li
             continue
         speeds = _by_rung([(r["tokens_per_param"], math.log(r["speedup"])) for r in mine if r["speedup"]])
         gap_at = {str(a): _read(gaps, a) for a in at}
-        # where the recipe ends above the baseline's final loss it never reaches it: no speedup there
-        speedup_at = {str(a): None if gap_at[str(a)] > 0 else math.exp(_read(speeds, a)) for a in at}
+        # beyond the last rung it reached the baseline at, a recipe read to end above the baseline's
+        # final loss is read not to reach it: no speedup there, whatever the speedup's line says
+        last = speeds[-1][0] if speeds else 0.0
+        speedup_at = (
+            {str(a): None if a > last and gap_at[str(a)] > 0 else math.exp(_read(speeds, a)) for a in at}
+            if len(speeds) > 1
+            else None
+        )
         trends.append(
             {
                 "model": model,
@@ -444,7 +448,7 @@ def scale_trend(rows: list[dict], at: tuple[float, ...] = (20, 100, 1000)) -> li
                 "rungs": len(gaps),
                 "gap_per_decade": _slope(gaps[-2], gaps[-1]),  # over the last two rungs
                 "gap_at": gap_at,
-                "speedup_at": speedup_at if len(speeds) > 1 else None,
+                "speedup_at": speedup_at,
                 "speedup_measured": [speeds[0][0], speeds[-1][0]] if len(speeds) > 1 else None,
             }
         )
@@ -490,7 +494,7 @@ def format_trend(trends: list[dict]) -> str:
         speed_at = t["speedup_at"] or dict.fromkeys(at)
         speeds = [
             _predicted("not reached", a, t["measured"])
-            if t["gap_at"][a] > 0
+            if v is None and t["speedup_at"] and t["gap_at"][a] > 0
             else _predicted(_factor(v), a, t["speedup_measured"])
             for a, v in speed_at.items()
         ]

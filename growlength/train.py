@@ -315,27 +315,30 @@ class StepMasks:
 
 
 def step_masks(run: Run, shape: StepShape, parts_BT1: list[torch.Tensor]) -> StepMasks:
-    """--objective mlm: every micro-batch's rows masked as the seed, the step, the part and each row's
-    index in the step say (mlm.mask_rows), and the scale that makes the step's loss the mean over all
-    its masked tokens on every rank together (DDP averages the ranks' gradients: hence x ranks). One
-    small collective per step; the step is then the same however it is split over micro-batches and
-    ranks, as HF Trainer does with `num_items_in_batch`."""
+    """--objective mlm: each part of the step masked from one seeded draw for all its rows on every rank
+    (mlm.mask_rows: this rank's rows follow the lower ranks'), cut into micro-batches, and the scale
+    that makes the step's loss the mean over all its masked tokens on every rank together (DDP averages
+    the ranks' gradients: hence x ranks). One small collective per step; the step is then the same
+    however it is split over micro-batches and ranks, as HF Trainer does with `num_items_in_batch`."""
     micro = []
     for part_index, (part, rows_BT1) in enumerate(zip(shape.parts, parts_BT1, strict=True)):
-        for first in range(0, len(rows_BT1), part.micro_rows):
-            micro.append(
-                mask_rows(
-                    rows_BT1[first : first + part.micro_rows, :-1],
-                    run.cfg.seed,
-                    run.progress.step,
-                    part_index,
-                    first_row=run.world.rank * len(rows_BT1) + first,  # this rank's rows follow the lower ranks'
-                    rate=run.cfg.mask_rate,
-                    mask_id=run.data.vocab_size,
-                    vocab_size=run.data.vocab_size,
-                )
-            )
-    chosen = dist.sum_over_ranks(float(sum(int((labels_BT != -100).sum()) for _, labels_BT in micro)))
+        keys = (run.cfg.seed, run.progress.step, part_index)
+        first, rows = run.world.rank * len(rows_BT1), run.world.size * len(rows_BT1)
+        vocab = run.data.vocab_size  # the mask id is the first after the tokenizer's
+        inputs_BT, labels_BT = mask_rows(
+            rows_BT1[:, :-1],
+            *keys,
+            first_row=first,
+            rows=rows,
+            rate=run.cfg.mask_rate,
+            mask_id=vocab,
+            vocab_size=vocab,
+        )
+        micro += [
+            (inputs_BT[i : i + part.micro_rows], labels_BT[i : i + part.micro_rows])
+            for i in range(0, len(rows_BT1), part.micro_rows)
+        ]
+    chosen = dist.sum_over_ranks(float(sum(int((labels != -100).sum()) for _, labels in micro)))
     return StepMasks(micro, run.world.size / max(chosen, 1.0))
 
 

@@ -110,8 +110,8 @@ def test_tiny_arena_sweeps_then_compares_best_against_best_at_equal_time(corpus,
     limit = report["ceiling"]
     speeds = limit["tokens_per_s_by_len"]
     assert limit["speedup"] == pytest.approx(max(speeds.values()) / speeds["256"])
-    for seq_len in speeds:  # only lengths the runs trained at for 5 steps or more, together
-        assert sum(run["steps_by_len"].get(seq_len, 0) for run in runs.values()) >= 5
+    for seq_len in speeds:  # only lengths some recipe trained at for 5 steps or more (its seeds together)
+        assert max(run["steps_by_len"].get(seq_len, 0) for run in runs.values()) >= 5
     assert f"at most {limit['speedup']:.2f}x here" in table
     # speedup = learning x cheaper tokens, seed by seed
     for run in runs.values():

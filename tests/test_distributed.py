@@ -193,7 +193,15 @@ def test_accelerate_launch_runs_growlength_train(runs, tmp_path):
 def test_an_encoder_on_two_ranks_masks_and_trains_as_one_process(corpus, tmp_path):
     """--objective mlm: each row's mask is seeded by its index in the step, not by the rank, so 2 ranks
     train exactly what 1 process trains (and a resume may change the number of ranks)."""
-    cfg = tiny_config(corpus, model="modernbert-tiny", objective="mlm", budget_steps=6, evals=1, eval_tokens=1024)
+    cfg = tiny_config(
+        corpus,
+        model="modernbert-tiny",
+        objective="mlm",
+        budget_steps=6,
+        evals=1,
+        eval_tokens=1024,
+        micro_batch_tokens=512,
+    )  # 2 micro-batches a rank, 4 in the one process: every row's index in the step counts
     save_config(cfg, tmp_path / "config.yaml")
     one = subprocess.run(
         [sys.executable, *train_args(tmp_path / "config.yaml", tmp_path / "one")],

@@ -108,6 +108,22 @@ def test_eval_compares_models_and_modes_in_one_plot(run, tmp_path, capsys):
     assert (tmp_path / "ext.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "ext-positions.png").read_bytes()[:4] == b"\x89PNG"  # loss by position, per model
     assert "yarn x2" in capsys.readouterr().out
+    # lengths all below the trained one, or no plain RoPE: still a plot of what there is, or none
+    short = [
+        "eval",
+        "--ckpt",
+        str(run),
+        "--lengths",
+        "64",
+        "--eval-tokens",
+        "1024",
+        "--out",
+        str(tmp_path / "s.json"),
+    ]
+    assert main([*short, "--plot", str(tmp_path / "short.png")]) == 0
+    assert (tmp_path / "short-positions.png").is_file()
+    assert main([*short, "--rope-scaling", "yarn", "--plot", str(tmp_path / "yarn.png")]) == 0
+    assert (tmp_path / "yarn.png").is_file() and not (tmp_path / "yarn-positions.png").exists()
 
 
 @pytest.mark.parametrize(

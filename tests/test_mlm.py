@@ -28,6 +28,19 @@ def test_masking_chooses_the_rate_and_replaces_80_10_10():
     assert torch.equal(again[0], inputs) and torch.equal(again[1], labels) and not torch.equal(other[1], labels)
 
 
+def test_a_part_masks_as_one_draw_however_its_rows_are_split():
+    from growlength.mlm import mask_rows
+
+    ids = torch.randint(10, 1000, (8, 64))
+    kw = dict(rate=0.3, mask_id=1000, vocab_size=1000)
+    whole = mask_tokens(ids, generator=mask_generator(0, 5, 1), **kw)
+    slices = [mask_rows(ids[i : i + 3], 0, 5, 1, first_row=i, rows=8, **kw) for i in (0, 3, 6)]
+    for k in (0, 1):  # inputs, labels
+        assert torch.equal(torch.cat([piece[k] for piece in slices]), whole[k])
+    other = mask_rows(ids, 0, 6, 1, first_row=0, rows=8, **kw)  # another step masks otherwise
+    assert not torch.equal(other[1], whole[1])
+
+
 def mlm_config(corpus, **overrides):
     return tiny_config(
         corpus, model="modernbert-tiny", objective="mlm", **{"evals": 2, "eval_tokens": 1024, **overrides}
