@@ -191,8 +191,9 @@ def test_accelerate_launch_runs_growlength_train(runs, tmp_path):
 
 
 def test_an_encoder_on_two_ranks_masks_and_trains_as_one_process(corpus, tmp_path):
-    """--objective mlm: each row's mask is seeded by its index in the step, not by the rank, so 2 ranks
-    train exactly what 1 process trains (and a resume may change the number of ranks)."""
+    """--objective mlm: each row's mask is drawn at its index in the step, not by rank or micro-batch,
+    and the loss is the mean over the step's masked tokens on all ranks, so 2 ranks train exactly what
+    1 process trains (and a resume may change the number of ranks)."""
     cfg = tiny_config(
         corpus,
         model="modernbert-tiny",
