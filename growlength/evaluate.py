@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from growlength import dist
 from growlength.errors import GrowLengthError
 from growlength.loss import lm_loss
-from growlength.mlm import mask_generator, mask_tokens, mlm_token_losses
+from growlength.mlm import mask_windows, mlm_token_losses
 from growlength.tokens import eval_windows
 
 
@@ -43,7 +43,7 @@ def val_loss(
     objective: str = "clm",
 ) -> float:
     """Mean loss over the first eval_tokens val tokens in windows of seq_len (for mlm, at the tokens
-    masked as pass k of this length is always masked). Under torchrun the passes are dealt over the
+    each window of this length always has masked). Under torchrun the passes are dealt over the
     ranks (pass k to rank k mod ranks) and their sums added up; every rank runs as many passes (one
     may score nothing in its last), since an FSDP forward is a collective."""
     passes = _passes(val, seq_len, eval_tokens, micro_batch_tokens)
@@ -53,14 +53,14 @@ def val_loss(
     total = torch.zeros((), dtype=torch.float64)
     count = 0
     for k in range(rank, -(-len(passes) // ranks) * ranks, ranks):
-        x, y = passes[k % len(passes)]
+        first_row, x, y = passes[k % len(passes)]
         scored = k < len(passes)
         with autocast():
             if objective == "clm":  # the mean through lm_loss: the head's bounded logits where it has them
                 total += lm_loss(model, x.to(device), y.to(device)).double().cpu() * y.numel() * scored
                 count += y.numel() * scored
             else:
-                losses_BT, scored_BT = _token_losses(model, x, y, seq_len, k, objective, device)
+                losses_BT, scored_BT = _token_losses(model, x, y, seq_len, first_row, objective, device)
                 total += losses_BT.sum() * scored
                 count += int(scored_BT.sum()) * scored
     model.train(was_training)
@@ -86,9 +86,9 @@ def loss_by_position(
     model.eval()
     sums_T = torch.zeros(seq_len, dtype=torch.float64)
     counts_T = torch.zeros(seq_len, dtype=torch.float64)
-    for k, (x, y) in enumerate(_passes(val, seq_len, eval_tokens, micro_batch_tokens)):
+    for first_row, x, y in _passes(val, seq_len, eval_tokens, micro_batch_tokens):
         with autocast():
-            losses_BT, scored_BT = _token_losses(model, x, y, seq_len, k, objective, device)
+            losses_BT, scored_BT = _token_losses(model, x, y, seq_len, first_row, objective, device)
         sums_T += losses_BT.sum(0)
         counts_T += scored_BT.double().sum(0)
     model.train(was_training)
@@ -97,24 +97,25 @@ def loss_by_position(
 
 def _passes(
     val, seq_len: int, eval_tokens: int, micro_batch_tokens: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The eval windows of seq_len, in passes of at most micro_batch_tokens: (inputs, targets) each."""
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """The eval windows of seq_len, in passes of at most micro_batch_tokens: (index of the pass's first
+    window, inputs, targets) each."""
     inputs, targets = eval_windows(val, seq_len, eval_tokens)
     rows = max(1, micro_batch_tokens // seq_len)
     return [
-        (torch.from_numpy(inputs[i : i + rows]), torch.from_numpy(targets[i : i + rows]))
+        (i, torch.from_numpy(inputs[i : i + rows]), torch.from_numpy(targets[i : i + rows]))
         for i in range(0, len(inputs), rows)
     ]
 
 
-def _token_losses(model, x_BT, y_BT, seq_len: int, k: int, objective: str, device):
-    """Pass k's loss at each token (float64, on the CPU, 0 where nothing is scored) and which tokens are
-    scored: every target for clm; for mlm the tokens of the mask pass k at seq_len always has (15%, the
-    same for every model and every evaluation)."""
+def _token_losses(model, x_BT, y_BT, seq_len: int, first_row: int, objective: str, device):
+    """The pass's loss at each token (float64, on the CPU, 0 where nothing is scored) and which tokens
+    are scored: every target for clm; for mlm the tokens each window of seq_len always has masked (15%,
+    window first_row + i for row i: the same for every model and every evaluation)."""
     if objective == "mlm":
         mask_id = model.config.mask_token_id  # the first id after the tokenizer's
-        x_BT, y_BT = mask_tokens(
-            x_BT, rate=0.15, mask_id=mask_id, vocab_size=mask_id, generator=mask_generator(0, seq_len, k)
+        x_BT, y_BT = mask_windows(
+            x_BT, 0, seq_len, first_row=first_row, rate=0.15, mask_id=mask_id, vocab_size=mask_id
         )
         losses_BT = mlm_token_losses(model, x_BT.to(device), y_BT.to(device))
         return losses_BT.double().cpu(), y_BT != -100

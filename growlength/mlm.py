@@ -8,7 +8,8 @@ probability `rate`; a chosen token is replaced by the mask token 80% of the time
 masked from one draw for all its rows, seeded by the run's seed, the step and the part, each row taking
 the draw at its index in the step (`mask_rows`), so a resumed run masks exactly as the uninterrupted
 one, on any number of ranks and micro-batches (not under `--batch-policy megatron`, whose rows are cut
-per micro-batch); an evaluation masks every model with the same micro-batch size the same way.
+per micro-batch); an evaluation masks each window of a length the same way for every model, whatever its
+micro-batch size or number of ranks (`mask_windows`).
 
 The mask and padding tokens are the two ids after the tokenizer's (the model's embedding is padded
 to hold them: ModernBERT's padding row never trains, so it cannot be the end-of-text token);
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 MASK_TOKEN, PAD_TOKEN = "<|mask|>", "<|pad|>"
+_EVAL_BLOCK_TOKENS = 65_536  # an evaluation masks its windows in blocks of about this many tokens
 
 
 def mask_generator(*keys: int) -> torch.Generator:
@@ -58,6 +60,42 @@ def mask_rows(
     draw_BT = torch.rand(shape, generator=generator)[mine]
     random_ids_BT = torch.randint(0, vocab_size, shape, generator=generator)[mine]
     return _masked(ids_BT, draw_BT, random_ids_BT, rate=rate, mask_id=mask_id)
+
+
+def mask_windows(
+    ids_BT: torch.Tensor, *keys: int, first_row: int, rate: float, mask_id: int, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """mask_tokens for windows first_row .. first_row + len(ids_BT) of an evaluation: the windows are
+    masked in blocks of about 65,536 tokens, block b from one draw seeded by (*keys, b), so a window masks
+    the same way whatever the size of the pass it comes in and whichever rank scores it.
+
+    >>> ids = torch.arange(4096).view(32, 128)
+    >>> whole = mask_windows(ids, 0, 128, first_row=0, rate=0.15, mask_id=9999, vocab_size=4096)
+    >>> part = mask_windows(ids[5:9], 0, 128, first_row=5, rate=0.15, mask_id=9999, vocab_size=4096)
+    >>> bool((whole[0][5:9] == part[0]).all() and (whole[1][5:9] == part[1]).all())
+    True
+    """
+    block_rows = max(1, _EVAL_BLOCK_TOKENS // ids_BT.shape[1])
+    inputs, labels = [], []
+    row, end = first_row, first_row + len(ids_BT)
+    while row < end:
+        block, offset = divmod(row, block_rows)
+        take = min(block_rows - offset, end - row)
+        rows_BT = ids_BT[row - first_row : row - first_row + take]
+        x_BT, y_BT = mask_rows(
+            rows_BT,
+            *keys,
+            block,
+            first_row=offset,
+            rows=block_rows,
+            rate=rate,
+            mask_id=mask_id,
+            vocab_size=vocab_size,
+        )
+        inputs.append(x_BT)
+        labels.append(y_BT)
+        row += take
+    return torch.cat(inputs), torch.cat(labels)
 
 
 def _masked(ids_BT, draw_BT, random_ids_BT, *, rate: float, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,6 +41,37 @@ def test_a_part_masks_as_one_draw_however_its_rows_are_split():
     assert not torch.equal(other[1], whole[1])
 
 
+def test_an_evaluation_masks_each_window_alike_however_its_passes_are_cut():
+    from growlength.mlm import mask_windows
+
+    ids = torch.randint(10, 1000, (1200, 128))  # 512 windows to a mask block at 128: three blocks
+    kw = dict(rate=0.15, mask_id=1000, vocab_size=1000)
+    for rows in (7, 300):
+        pieces = [mask_windows(ids[i : i + rows], 0, 128, first_row=i, **kw) for i in range(0, 1200, rows)]
+        for k in (0, 1):
+            assert torch.equal(torch.cat([p[k] for p in pieces]), mask_windows(ids, 0, 128, first_row=0, **kw)[k])
+    labels = mask_windows(ids, 0, 128, first_row=0, **kw)[1]
+    assert not torch.equal(labels[:512] != -100, labels[512:1024] != -100)  # each block draws its own
+    assert not torch.equal(labels != -100, mask_windows(ids, 0, 256, first_row=0, **kw)[1] != -100)
+
+
+def test_an_encoders_val_loss_does_not_depend_on_the_micro_batch(corpus):
+    import numpy as np
+
+    from growlength.evaluate import autocast_context, loss_by_position, val_loss
+    from growlength.models import build_model, model_config
+
+    model = build_model(model_config("modernbert-tiny", vocab_size=1000, eos_id=0), seed=0)
+    val = np.random.default_rng(0).integers(1, 1000, 4097).astype(np.int32)
+    cpu = torch.device("cpu")
+    kw = dict(eval_tokens=4096, device=cpu, autocast=lambda: autocast_context(cpu))
+    losses = [val_loss(model, val, 128, micro_batch_tokens=m, objective="mlm", **kw) for m in (128, 1024, 4096)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] == pytest.approx(losses[2], rel=1e-5)
+    sums, counts = loss_by_position(model, val, 128, micro_batch_tokens=256, objective="mlm", **kw)
+    assert sums.sum() / counts.sum() == pytest.approx(losses[0], rel=1e-5)
+    assert 0.1 < counts.sum() / 4096 < 0.2  # 15% of the tokens scored
+
+
 def mlm_config(corpus, **overrides):
     return tiny_config(
         corpus, model="modernbert-tiny", objective="mlm", **{"evals": 2, "eval_tokens": 1024, **overrides}
