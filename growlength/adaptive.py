@@ -13,8 +13,10 @@ speed, the next length would give about speed_ratio x r0 per second; so the stag
     r < speed_ratio x r0          (or the loss stopped falling: r <= 0)
 
 Each stage before the target's takes a share of the budget within [floor, ceiling] x 1/n (n lengths),
-and ends in time for every later one to get its floor, so a run always reaches the target before its
-end; the target's stage never ends and takes what remains. A rate
+and ends in time (a step ahead) for every later one to get its floor, so a run always reaches the
+target before its end; the target's stage never ends and takes what remains. In a run of so few steps
+that a floor is under one step, a length whose time has passed is skipped (logged as a change at a
+share of 0). A rate
 is the least-squares slope of loss against seconds over the steps of a window (half the floor share of
 the budget), which averages out step-to-step noise.
 
@@ -85,9 +87,20 @@ def observe(watch: StageWatch, fraction: float, seconds: float, loss: float, *, 
 
 
 def decide(
-    watch: StageWatch, fraction: float, *, n_stages: int, speed_ratio: float, floor: float, ceiling: float
+    watch: StageWatch,
+    fraction: float,
+    *,
+    n_stages: int,
+    speed_ratio: float,
+    floor: float,
+    ceiling: float,
+    step: float = 0.0,
 ) -> str | None:
-    """Whether the current stage ends now: the reason if so, else None. The last stage never ends."""
+    """Whether the current stage ends now: the reason if so, else None. The last stage never ends.
+    `step` is the share of the budget a step takes (the last one's): the floors are kept a step ahead,
+    so a later length never starts too late for its floor, and a run of few steps still trains at the
+    target. Called again after a change, at a share of 0, it ends that stage too (the length is skipped)
+    where the later lengths' floors leave it no time."""
     remaining = n_stages - 1 - watch.stage  # lengths after this one
     if remaining == 0:
         return None
@@ -95,7 +108,7 @@ def decide(
     equal = 1.0 / n_stages
     if fraction >= watch.started + ceiling * equal - 1e-12:
         return f"its ceiling: {share:.3f} of the budget, the most a length may take"
-    if fraction >= 1.0 - remaining * floor * equal - 1e-12:
+    if fraction + step >= 1.0 - remaining * floor * equal - 1e-12:
         return f"the later lengths' floors: {share:.3f} of the budget leaves {remaining} lengths their floor"
     if share < floor * equal or watch.opening_rate is None:
         return None

@@ -43,8 +43,9 @@ def log_step(run: Run, shape: StepShape, loss: float, lr: float, step_s: float) 
                 f"loss spike at the change to seq_len {shape.seq_len}: {record['loss_jump']:+.3f}", file=sys.stderr
             )
     watch = p.watch
-    if watch is not None and watch.decisions and watch.decisions[-1].get("step") == p.step:
-        record["stage_decision"] = watch.decisions[-1]["reason"]  # the next step trains at the next length
+    reasons = [d["reason"] for d in watch.decisions if d.get("step") == p.step] if watch is not None else []
+    if reasons:  # the next step trains at the next length (or later: a short run may skip one)
+        record["stage_decision"] = "; then ".join(reasons)
     run.trackers.write(record)
     return record
 

@@ -229,18 +229,19 @@ def planned_tokens_per_s(run: Run, lengths: list[int]) -> dict[int, float]:
 def adapt(run: Run, loss: float) -> None:
     """--schedule adaptive, after each step: add the step's loss to the history and end the stage if the
     rule says so (adaptive.decide; rank 0's decision broadcast, though every rank has the same history),
-    logging why."""
+    and any later one the floors leave no time (a run of few steps), logging why."""
     p, watch, lengths = run.progress, run.progress.watch, run.schedule.lengths
     fraction = run.budget.fraction(step=p.step, tokens=p.tokens, seconds=p.seconds)
+    step = fraction - (watch.points[-1][0] if watch.points else watch.started)  # this step's share
     floor, ceiling = run.cfg.adaptive_floor, run.cfg.adaptive_ceiling
     observe(watch, fraction, p.seconds, loss, window=floor / len(lengths) / 2)
-    reason = None
-    if watch.stage + 1 < len(lengths):
+    while watch.stage + 1 < len(lengths):  # a change, then any the later floors force at once
         speeds = p.planned_tokens_per_s
         ratio = speeds[str(lengths[watch.stage + 1])] / speeds[str(lengths[watch.stage])]
-        reason = decide(watch, fraction, n_stages=len(lengths), speed_ratio=ratio, floor=floor, ceiling=ceiling)
-    reason = dist.broadcast_json(reason)
-    if reason is not None:
+        bounds = dict(n_stages=len(lengths), speed_ratio=ratio, floor=floor, ceiling=ceiling, step=step)
+        reason = dist.broadcast_json(decide(watch, fraction, **bounds))
+        if reason is None:
+            break
         decision = stage_advance(watch, fraction, reason, lengths)
         decision["step"] = p.step
         if run.world.is_main:

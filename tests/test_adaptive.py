@@ -17,10 +17,8 @@ def replay(loss_at, *, speed_ratio=0.8, floor=0.5, ceiling=2.0, steps=4000):
     for step in range(1, steps + 1):
         fraction = step / steps
         observe(watch, fraction, float(step), loss_at(watch.stage, step - watch.started * steps), window=window)
-        reason = decide(
-            watch, fraction, n_stages=len(LENGTHS), speed_ratio=speed_ratio, floor=floor, ceiling=ceiling
-        )
-        if reason:
+        bounds = dict(n_stages=len(LENGTHS), speed_ratio=speed_ratio, floor=floor, ceiling=ceiling, step=1 / steps)
+        while watch.stage + 1 < len(LENGTHS) and (reason := decide(watch, fraction, **bounds)):
             advance(watch, fraction, reason, LENGTHS)
     return [d["fraction"] for d in watch.decisions], watch
 
@@ -37,6 +35,15 @@ def test_a_loss_that_keeps_falling_fast_holds_each_length_to_its_ceiling_and_sti
     assert shares(ends) == pytest.approx([0.5, 0.25, 0.125, 0.125], abs=1e-3)
     reasons = [d["reason"].split(":")[0] for d in watch.decisions]
     assert reasons == ["its ceiling", "the later lengths' floors", "the later lengths' floors"]
+
+
+@pytest.mark.parametrize("steps", [4, 5, 7, 12])
+def test_a_run_of_fewer_steps_than_its_floors_need_still_trains_its_last_step_at_the_target(steps):
+    """Floors of 1.25 steps or less (4 lengths, floor 0.5, 4-12 steps): each change a step ahead, and a
+    length whose time has passed skipped, so the run's last step is at the target."""
+    ends, watch = replay(lambda stage, t: 10.0 - 0.002 * t, steps=steps)
+    assert watch.stage == len(LENGTHS) - 1 and ends[-1] <= 1 - 1 / steps + 1e-6  # decisions keep 6 decimals
+    assert [(d["from"], d["to"]) for d in watch.decisions] == list(zip(LENGTHS, LENGTHS[1:]))  # in order
 
 
 def test_a_loss_that_flattens_moves_on_at_the_floor():
@@ -94,6 +101,20 @@ def test_an_adaptive_run_logs_each_decision_and_a_resume_takes_the_same_ones(cor
     train(None, cut, resume=True, show_progress=False)
     again = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     assert [(r["seq_len"], r["loss"]) for r in again if "loss" in r] == [(r["seq_len"], r["loss"]) for r in steps]
+
+
+def test_an_adaptive_run_of_four_steps_trains_its_last_at_the_target(corpus, tmp_path):
+    """Three lengths, floors of 2/3 of a step: without the step ahead the run ended at 128."""
+    import json
+
+    from conftest import tiny_config
+
+    from growlength.train import train
+
+    cfg = tiny_config(corpus, schedule="adaptive", budget_steps=4, evals=1, eval_tokens=1024)
+    train(cfg, tmp_path / "run", show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["seq_len"] for r in records if "loss" in r] == [64, 64, 128, 256]
 
 
 def test_a_first_window_of_fewer_than_three_steps_still_measures_the_opening_rate():
