@@ -111,8 +111,10 @@ def _peak_mb(device) -> float:
     try:
         status = Path("/proc/self/status").read_text()
         return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
-    except (OSError, AttributeError):
-        return float("nan")
+    except (OSError, AttributeError):  # no /proc: the kernel's peak through getrusage (KiB on Linux)
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _report(model, shapes, ours, bare, peak, first, checkpoint_s, loader_tps, device) -> dict:

@@ -4,12 +4,24 @@ from pathlib import Path
 
 import pytest
 
-# Tests never write to the user's cache: the embedded corpus is prepared into a temporary folder.
-os.environ.setdefault("GROWLENGTH_CACHE", tempfile.mkdtemp(prefix="growlength-cache-"))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from growlength.models import flush_denormals
+
+# Tests never write to the user's caches, whatever the environment says: the embedded corpus is
+# prepared into a temporary folder, and Hugging Face, matplotlib and inductor keep theirs there too.
+_CACHE = Path(tempfile.mkdtemp(prefix="growlength-tests-"))
+os.environ["GROWLENGTH_CACHE"] = str(_CACHE / "growlength")
+os.environ["HF_HOME"] = str(_CACHE / "hf")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["MPLCONFIGDIR"] = str(_CACHE / "matplotlib")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(_CACHE / "inductor")
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# In-process runs are compared bit for bit with runs in child processes, which flush subnormal floats
+# at setup; worker threads copy that setting when created, so set it before any test makes them.
+flush_denormals()
 # Weights & Biases runs stay on disk: no account, no network.
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["WANDB_CONFIG_DIR"] = os.environ["WANDB_CACHE_DIR"] = str(_CACHE / "wandb")
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +58,9 @@ def tiny_config(data: Path, **overrides):
 
 # Child processes of the CLI tests: no warnings noise on stderr, where the tests read the one error line.
 CHILD_ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+# Runs compared with torchrun's ranks (one thread each) get one thread too: another thread count sums in
+# another order, and how far that drifts over a few steps depends on the machine.
+ONE_THREAD_ENV = {**CHILD_ENV, "OMP_NUM_THREADS": "1"}
 
 
 def train_args(config_path, out, *extra) -> list[str]:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import CHILD_ENV, tiny_config, train_args
+from conftest import ONE_THREAD_ENV, tiny_config, train_args
 
 from growlength.checkpoint import list_checkpoints
 from growlength.config import save_config
@@ -28,8 +27,7 @@ def torchrun(config_path, out, nproc, *extra, script=None):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     args = train_args(config_path, out, *extra)
     args = [script, *args[2:]] if script else args
-    env = {**CHILD_ENV, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(launcher + args, capture_output=True, text=True, env=ONE_THREAD_ENV, timeout=900)
 
 
 def batches(run_dir, rank):
@@ -53,7 +51,7 @@ def runs(corpus, tmp_path_factory):
     save_config(cfg, config_path)
     single = tmp / "one"
     one = subprocess.run(
-        [sys.executable, RECORD, *train_args(config_path, single)[2:]], env=CHILD_ENV, capture_output=True
+        [sys.executable, RECORD, *train_args(config_path, single)[2:]], env=ONE_THREAD_ENV, capture_output=True
     )
     assert one.returncode == 0, one.stderr[-2000:]
     result = torchrun(config_path, tmp / "two", 2, "--peak-tflops", "0.001")  # a made-up peak: MFU is logged
@@ -167,7 +165,7 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_unsharded(runs, tmp
     cut_back_to_first_checkpoint(fsdp, moved)
     result = subprocess.run(
         [sys.executable, *train_args(moved / "config.yaml", moved, "--resume", "--parallel", "ddp")],
-        env=CHILD_ENV,
+        env=ONE_THREAD_ENV,
         capture_output=True,
         text=True,
     )
@@ -176,15 +174,14 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_unsharded(runs, tmp
 
 
 def test_accelerate_launch_runs_growlength_train(runs, tmp_path):
-    """`accelerate launch` (one process, CPU) runs the unchanged command: the same losses, bit for bit.
-    With the threads the plain run had (torch's default here: all cores, or fewer under taskset), since
-    another thread count sums in another order."""
+    """`accelerate launch` (one process, CPU) runs the unchanged command: the same losses, bit for bit,
+    with the one thread the plain run had (another thread count sums in another order)."""
     single, _, _, _ = runs
     accelerate = Path(sys.executable).parent / "accelerate"
     args = [str(accelerate), "launch", "--num_processes", "1", "--cpu", "--mixed_precision", "no"]
-    args += ["--dynamo_backend", "no", "--num_cpu_threads_per_process", str(torch.get_num_threads())]
+    args += ["--dynamo_backend", "no", "--num_cpu_threads_per_process", "1"]
     args += train_args(single / "config.yaml", tmp_path / "acc")  # -m growlength train ...
-    result = subprocess.run(args, capture_output=True, text=True, env=CHILD_ENV, timeout=900)
+    result = subprocess.run(args, capture_output=True, text=True, env=ONE_THREAD_ENV, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done: step 12" in result.stdout
     assert losses(tmp_path / "acc") == losses(single)
@@ -206,7 +203,7 @@ def test_an_encoder_on_two_ranks_masks_and_trains_as_one_process(corpus, tmp_pat
     save_config(cfg, tmp_path / "config.yaml")
     one = subprocess.run(
         [sys.executable, *train_args(tmp_path / "config.yaml", tmp_path / "one")],
-        env=CHILD_ENV,
+        env=ONE_THREAD_ENV,
         capture_output=True,
     )
     assert one.returncode == 0, one.stderr[-2000:]

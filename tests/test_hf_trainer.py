@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CHILD_ENV
+from conftest import ONE_THREAD_ENV
 from transformers import Trainer, TrainingArguments
 
 from growlength import make_schedule
@@ -32,7 +32,7 @@ def run_example(data, out, *extra, processes=1, last=12):
         [*launcher, str(EXAMPLE), "--data", str(data), "--out", str(out), *SMALL, *extra],
         capture_output=True,
         text=True,
-        env={**CHILD_ENV, "OMP_NUM_THREADS": "1"} if processes > 1 else CHILD_ENV,
+        env=ONE_THREAD_ENV,  # one thread a process: the 1-process run is compared with torchrun's
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -159,6 +159,10 @@ def test_fsdp_units_keep_the_tied_embeddings_with_the_head():
 )
 def test_every_schedule_trains_an_encoder(corpus, tmp_path, schedule, extra):
     """Masking sits below the schedule: each one trains an encoder to the target, loss finite and falling."""
+    if schedule == "auto":  # planned from a given profile, equal speeds: not from this machine's timings
+        rows = [{"seq_len": n, "tokens_per_s": 1000.0} for n in (64, 128, 256)]
+        (tmp_path / "profile.json").write_text(json.dumps({"lengths": rows}))
+        extra = {"plan_from": str(tmp_path / "profile.json")}
     cfg = mlm_config(corpus, schedule=schedule, budget_steps=10, **extra)
     train(cfg, tmp_path / "run", show_progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -95,17 +95,17 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(finished, r
 
 
 class Booby:
+    marker = ""  # set by the test: the file the trap would create
+
     def __reduce__(self):
-        return (os.system, (f"touch {MARKER}",))
+        return (os.system, (f"touch {self.marker}",))
 
 
-MARKER = Path("/tmp/growlength-booby-trap-ran")
-
-
-def test_a_booby_trapped_pickle_in_a_checkpoint_is_refused(finished):
-    MARKER.unlink(missing_ok=True)
+def test_a_booby_trapped_pickle_in_a_checkpoint_is_refused(finished, tmp_path):
+    booby = Booby()
+    booby.marker = str(tmp_path / "booby-trap-ran")
     newest = list_checkpoints(finished)[-1]
-    payload = pickle.dumps(Booby())
+    payload = pickle.dumps(booby)
     (newest / "optimizer.pt").write_bytes(payload)  # never opened: only safetensors and JSON are read
     (newest / "trainer.safetensors").write_bytes(payload)
     state = json.loads((newest / "state.json").read_text())
@@ -113,7 +113,7 @@ def test_a_booby_trapped_pickle_in_a_checkpoint_is_refused(finished):
     (newest / "state.json").write_text(json.dumps(state))
     with pytest.raises(GrowLengthError, match="refusing to load it"):
         train(None, finished, resume=True, show_progress=False)
-    assert not MARKER.exists()
+    assert booby.marker in payload.decode(errors="replace") and not Path(booby.marker).exists()
 
 
 def test_a_non_finite_loss_stops_the_run_with_the_last_good_checkpoint_intact(corpus, tmp_path, monkeypatch):

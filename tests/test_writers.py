@@ -50,27 +50,40 @@ def steps_so_far(run_dir) -> int:
     return text[: text.rfind("\n") + 1].count('"loss": ')  # whole lines only
 
 
-def the_refused(procs) -> str:
-    """Of processes started together on one folder: one ran to the end (exit 0), the other was refused
-    (exit 2); the refused one's stderr."""
-    results = [(p, *p.communicate(timeout=900)) for p in procs]  # hang guards, not speed bounds
-    assert sorted(p.returncode for p, _, _ in results) == [0, 2], [
-        (p.returncode, e[-1500:]) for p, _, e in results
-    ]
-    return next(err.strip() for p, _, err in results if p.returncode == 2)
+def the_refused(folder, *args) -> str:
+    """Two processes of one command on one folder: the first, once it holds the folder's lock, is
+    stopped (SIGSTOP) while the second starts, so the second always meets a live holder however the two
+    are scheduled; the second is refused (exit 2), then the first goes on and runs to the end (exit 0).
+    The refused one's stderr."""
+    first = launch(*args)
+    deadline = time.time() + 240
+    lock = folder / ".lock"
+    while not (lock.is_file() and f"PID {first.pid}" in lock.read_text()):  # it took the lock
+        assert first.poll() is None and time.time() < deadline, first.stderr.read()[-1500:]
+        time.sleep(0.01)
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        second = launch(*args)
+        _, err = second.communicate(timeout=900)  # hang guards, not speed bounds
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    _, first_err = first.communicate(timeout=900)
+    assert (first.returncode, second.returncode) == (0, 2), (first_err[-1500:], err[-1500:])
+    return err.strip()
 
 
 def test_two_trainings_started_together_on_one_folder(corpus, tmp_path):
     save_config(tiny_config(corpus, budget_steps=40, evals=2, eval_tokens=1024), tmp_path / "config.yaml")
     out = tmp_path / "run"
-    refused = the_refused([launch(*train_args(tmp_path / "config.yaml", out)[2:]) for _ in range(2)])
+    refused = the_refused(out, *train_args(tmp_path / "config.yaml", out)[2:])
     assert refused.count("\n") == 0 and refused.startswith(f"error: {out} is in use by `growlength train` on")
     assert f"on {socket.gethostname()}, PID " in refused
     assert [s for s, _, _ in steps_of(out)] == list(range(1, 41))  # each step once, in order
 
 
 def test_a_resume_against_a_live_run_is_refused_and_a_killed_run_leaves_no_lock(corpus, tmp_path):
-    cfg = tiny_config(corpus, budget_steps=400, evals=2, eval_every_tokens=10 * 2048, eval_tokens=1024)
+    # far more steps than it will run: the test kills it, and a fast machine must not finish it first
+    cfg = tiny_config(corpus, budget_steps=100_000, evals=2, eval_every_tokens=10 * 2048, eval_tokens=1024)
     save_config(cfg, tmp_path / "config.yaml")
     out = tmp_path / "run"
     live = launch(*train_args(tmp_path / "config.yaml", out)[2:])
@@ -97,7 +110,7 @@ def test_a_resume_against_a_live_run_is_refused_and_a_killed_run_leaves_no_lock(
 
 def test_two_prepares_of_one_folder(tmp_path):
     out = tmp_path / "data"
-    refused = the_refused([launch("prepare", "--out", out, "--vocab-size", 300, "--workers", 1) for _ in range(2)])
+    refused = the_refused(out, "prepare", "--out", out, "--vocab-size", 300, "--workers", 1)
     assert refused.startswith(f"error: {out} is in use by `growlength prepare` on")
     assert json.loads((out / "meta.json").read_text())["vocab_size"] == 300
 
@@ -120,7 +133,7 @@ BENCH += ["--runs", "fixed-target,growlength", "--extrapolate", "64,256", "--log
 
 def test_two_benches_of_one_folder(corpus, tmp_path):
     out = tmp_path / "bench"
-    refused = the_refused([launch("bench", "--out", out, "--data", corpus, *BENCH) for _ in range(2)])
+    refused = the_refused(out, "bench", "--out", out, "--data", corpus, *BENCH)
     assert refused.startswith(f"error: {out} is in use by `growlength bench` on")
     assert (out / "bench.json").is_file()
 
